@@ -1,0 +1,36 @@
+"""The one input convention used everywhere (METHOD.md defects 3 and 7).
+
+Images live as uint8. Augmentation and the IG overlay work on pixel values in [0, 1]. Every network,
+teacher and student alike, and the IG computation, see ``(x01 - mean) / std``. Nothing else feeds a
+network, so no model can see another scaling than the one its store or checkpoint records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Map pixel values in [0, 1], shape (N, C, H, W), to network input."""
+        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        return (x01 - mean) / std
+
+    def from_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images straight to network input."""
+        return self.normalize(x.float().div_(255.0))
+
+    def to_dict(self) -> dict:
+        return {"space": "normalized", "pixel_range": [0.0, 1.0], "mean": list(self.mean), "std": list(self.std)}

@@ -1,0 +1,60 @@
+"""The in-memory dataset every other box consumes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ImageDataset:
+    """uint8 images (N, C, H, W), int64 labels (N,), and each sample's index for life.
+
+    ``index[i]`` is the sample's position in the file it came from; it survives subsetting, so a
+    map store or a log can always name the original image. Stores are addressed by *position* in the
+    dataset they were built for, and :meth:`fingerprint` (which covers images, labels and indices)
+    ties a store to exactly that dataset.
+    """
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    index: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}")
+        self.y = self.y.to(torch.int64)
+        if self.y.shape != (self.x.shape[0],):
+            raise ValueError(f"labels must have shape ({self.x.shape[0]},), got {tuple(self.y.shape)}")
+        if self.index is None:
+            self.index = torch.arange(self.x.shape[0], dtype=torch.int64)
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, positions: torch.Tensor) -> ImageDataset:
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        return ImageDataset(self.name, self.x[positions], self.y[positions], self.classes, self.index[positions])
+
+    def fingerprint(self) -> str:
+        """sha256 over shapes, images, labels and indices (cached)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str(tuple(self.x.shape)).encode())
+            for t in (self.x, self.y, self.index):
+                h.update(t.contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint

@@ -1,0 +1,26 @@
+"""The few named exceptions that user-facing failures raise.
+
+The CLI catches :class:`IgkdError`, prints its message on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class IgkdError(Exception):
+    """Base class for every error a user can fix without reading a traceback."""
+
+
+class DatasetNotFoundError(IgkdError):
+    """A dataset is not where it was looked for (and could not be downloaded)."""
+
+
+class StaleStoreError(IgkdError):
+    """A map store was made for another dataset, teacher or IG setting, or is incomplete."""
+
+
+class ConfigError(IgkdError):
+    """A config file or override names an unknown key or holds a bad value."""
+
+
+class CheckpointError(IgkdError):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
