@@ -1,0 +1,232 @@
+"""Typed configuration: dataclasses, YAML via ``yaml.safe_load``, ``--set a.b=value`` overrides.
+
+An unknown key or a value of the wrong type is a :class:`ConfigError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("student", "kd", "ig", "at", "kd_ig", "kd_at", "ig_at", "kd_ig_at")
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # cifar10 | fashion_mnist | npz | image_folder
+    root: str | None = None  # folder (or .npz file); None searches the usual places
+    download: bool = False
+    train_size: int | None = None  # stratified subset of the training set; None = all of it
+    test_size: int | None = None
+    subset_seed: int = 0  # fixes the subset, so teacher, IG store and students share it
+    val_fraction: float = 0.0  # stratified hold-out from the training set, drawn from train.seed
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "cifar_mobilenet_v2"
+    width_mult: float = 1.0
+    strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 2])
+    dropout: float = 0.2
+    checkpoint: str | None = None  # a state dict to load; None = train one with `igkd train-teacher`
+
+
+@dataclass
+class StudentConfig:
+    remove_blocks: int = 5
+
+
+@dataclass
+class IGConfig:
+    n_steps: int = 50
+    method: str = "gausslegendre"
+    baseline: str = "zeros-normalized"  # the paper's: zero in normalised space = the mean colour
+    dtype: str = "float16"
+    batch_size: int | None = None  # images per IG call; None = chosen automatically
+    chunk_size: int = 1024  # images per resumable chunk of the store
+    fold_bn: bool = True
+    store: str | None = None  # None = a folder under the cache named by dataset, teacher and settings
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4
+    flip: bool = True
+    overlay_p: float = 0.1
+    power_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    mix: float = 0.5
+
+
+@dataclass
+class DistillConfig:
+    method: str = "kd_ig"
+    alpha: float = 0.01  # weight of the KD term (torchdistill uses 1 - alpha)
+    temperature: float = 2.5
+    gamma: float = 0.8  # weight of the attention-transfer term
+    at_layer: int | None = None  # None = METHOD.md's rule features[19 // d]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "constant"  # constant | cosine
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ig: IGConfig = field(default_factory=IGConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none), to tell runs and caches apart."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_value(where: str, tp: Any, value: Any) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(where, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(tp)})")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"bad value for {where}: {value!r} (expected a list)")
+        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(tp)})")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {where!r}; known here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, where + ".")
+        else:
+            setattr(obj, key, _check_value(where, hints[key], value))
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (cfg.distill.method in METHODS, "distill.method", f"one of {', '.join(METHODS)}"),
+        (cfg.train.optimizer in ("adam", "sgd"), "train.optimizer", "adam or sgd"),
+        (cfg.teacher_train.optimizer in ("adam", "sgd"), "teacher_train.optimizer", "adam or sgd"),
+        (cfg.train.schedule in ("constant", "cosine"), "train.schedule", "constant or cosine"),
+        (cfg.teacher_train.schedule in ("constant", "cosine"), "teacher_train.schedule", "constant or cosine"),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)"),
+        (0.0 <= cfg.augment.overlay_p <= 1.0, "augment.overlay_p", "in [0, 1]"),
+        (0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha", "in [0, 1]"),
+        (cfg.distill.temperature > 0, "distill.temperature", "> 0"),
+        (cfg.train.epochs >= 1 and cfg.teacher_train.epochs >= 1, "train.epochs", ">= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size", ">= 1"),
+        (cfg.ig.n_steps >= 1, "ig.n_steps", ">= 1"),
+        (cfg.ig.dtype in ("float16", "float32"), "ig.dtype", "float16 or float32"),
+        (cfg.ig.baseline in ("zeros-normalized", "black"), "ig.baseline", "zeros-normalized or black"),
+        (len(cfg.augment.power_range) == 2 and 0 < cfg.augment.power_range[0] <= cfg.augment.power_range[1],
+         "augment.power_range", "[lo, hi] with 0 < lo <= hi"),
+        (len(cfg.teacher.strides) == 5, "teacher.strides", "five values"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"bad value for {key}: must be {expected}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides, then validation."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        _apply(cfg, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested)
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    _validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,531 @@
+"""Loading datasets into :class:`ImageDataset`, and stratified splits of them.
+
+Every loader returns uint8 (N, C, H, W) images, int64 labels and ``index = arange(N)`` (the position
+in the file), so a map store built for a dataset can always be addressed by that index. Parsing is
+done with numpy straight from the files on disk (no PIL, no per-image Python for the big sets) and
+cached per process, keyed by the files' paths, sizes and modification times.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+import pickle
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igkd.convention import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    InputConvention,
+)
+from igkd.data.dataset import ImageDataset
+from igkd.errors import ConfigError, DatasetNotFoundError
+
+KNOWN_DATASETS = ("cifar10", "fashion_mnist", "npz", "image_folder")
+SPLITS = ("train", "test")
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+DATASET_CONVENTIONS: dict[str, InputConvention] = {
+    "cifar10": InputConvention(CIFAR10_MEAN, CIFAR10_STD),
+    "fashion_mnist": InputConvention(FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+}
+
+_CIFAR_DIRNAME = "cifar-10-batches-py"
+_FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool = False,
+) -> ImageDataset:
+    """Load one split of a named dataset; the single door through which data enters the pipeline.
+
+    ``root`` is a folder for ``cifar10``, ``fashion_mnist`` and ``image_folder`` and the ``.npz``
+    file for ``npz``. With ``root=None`` the standard places are searched (see the loaders).
+    """
+    if name not in KNOWN_DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} for dataset {name!r}; use one of: {', '.join(SPLITS)}")
+    root_path = None if root is None else Path(root).expanduser()
+    if name == "cifar10":
+        x, y, classes = _load_cifar10(split, root_path, download)
+    elif name == "fashion_mnist":
+        x, y, classes = _load_fashion_mnist(split, root_path, download)
+    elif name == "npz":
+        x, y, classes = _load_npz(split, root_path)
+    else:
+        x, y, classes = _load_image_folder(split, root_path)
+    return ImageDataset(name, x, y, list(classes))
+
+
+def compute_convention(ds: ImageDataset) -> InputConvention:
+    """Per-channel mean/std of pixel values in [0, 1], for datasets without published constants.
+
+    Compute it on the training split and record it; the test split must reuse the training numbers.
+    """
+    if len(ds) == 0:
+        raise ConfigError(f"cannot compute mean/std of the empty dataset {ds.name!r}")
+    channels = ds.x.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(ds), 4096):  # chunks: a float64 copy of a whole dataset is large
+        chunk = ds.x[start : start + 4096].to(torch.float64).div_(255.0)
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.square().sum(dim=(0, 2, 3))
+    count = len(ds) * ds.x.shape[2] * ds.x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0.0).sqrt()
+    if bool((std == 0).any()):
+        raise ConfigError(f"dataset {ds.name!r} has a constant channel; cannot normalise by its std")
+    return InputConvention(tuple(mean.tolist()), tuple(std.tolist()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _default_dirs(subdir: str) -> list[Path]:
+    dirs = []
+    if os.environ.get("IGKD_DATA"):
+        dirs.append(Path(os.environ["IGKD_DATA"]).expanduser() / subdir)
+    dirs.append(Path.home() / ".cache" / "igkd" / subdir)
+    return dirs
+
+
+def _download_target(root: Path | None, subdir: str) -> Path:
+    return root if root is not None else _default_dirs(subdir)[0]
+
+
+def _stat_key(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Cache key that changes when a file is replaced, so a re-download is never masked."""
+    key = []
+    for p in paths:
+        st = p.stat()
+        key.append((str(p.resolve()), st.st_mtime_ns, st.st_size))
+    return tuple(key)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _searched(dirs: Sequence[Path]) -> str:
+    return ", ".join(str(d) for d in dirs)
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10 (torchvision's python-pickle layout)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR batches are pickles; only allow what numpy arrays need, never arbitrary code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 file {path} is unreadable ({_one_line(exc)}); delete it and re-download with --download"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DatasetNotFoundError(f"CIFAR-10 file {path} does not hold a dict; delete it and re-download")
+    return obj
+
+
+def _get(d: dict, key: str, path: Path):
+    # Python 2 pickles (the real files) give bytes keys; files written by Python 3 may use str keys.
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise DatasetNotFoundError(f"CIFAR-10 file {path} has no {key!r} entry; delete it and re-download")
+
+
+def _cifar_files(batch_dir: Path, split: str) -> list[Path]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return [batch_dir / "batches.meta"] + [batch_dir / n for n in names]
+
+
+def _find_cifar_dir(candidates: Sequence[Path]) -> Path | None:
+    for c in candidates:
+        for d in (c / _CIFAR_DIRNAME, c):
+            if (d / "batches.meta").is_file():
+                return d
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cifar10(batch_dir: str, split: str, stat_key: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    del stat_key  # only part of the cache key
+    files = _cifar_files(Path(batch_dir), split)
+    meta = _read_pickle(files[0])
+    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names", files[0]))
+    xs, ys = [], []
+    for path in files[1:]:
+        batch = _read_pickle(path)
+        data = np.asarray(_get(batch, "data", path))
+        labels = np.asarray(_get(batch, "labels", path), dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+            raise DatasetNotFoundError(
+                f"CIFAR-10 file {path} has data {data.dtype} {data.shape} and {len(labels)} labels, "
+                "expected uint8 (N, 3072) and N labels; delete it and re-download"
+            )
+        xs.append(data)
+        ys.append(labels)
+    # Rows are channel-major: 1024 red, 1024 green, 1024 blue values, each plane row by row.
+    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32))
+    y = torch.from_numpy(np.concatenate(ys))
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+        raise DatasetNotFoundError(f"CIFAR-10 labels in {batch_dir} fall outside 0..{len(classes) - 1}")
+    return x, y, classes
+
+
+def _load_cifar10(split: str, root: Path | None, download: bool):
+    candidates = [root] if root is not None else [*_default_dirs("cifar10"), Path("data"), Path("data") / "cifar10"]
+    batch_dir = _find_cifar_dir(candidates)
+    if batch_dir is None and download:
+        target = _download_target(root, "cifar10")
+        try:
+            import torchvision.datasets
+
+            target.mkdir(parents=True, exist_ok=True)
+            torchvision.datasets.CIFAR10(str(target), train=split == "train", download=True)
+        except Exception as exc:  # network, disk, checksum: all end in the same user-facing error
+            raise DatasetNotFoundError(
+                f"downloading CIFAR-10 into {target} failed ({_one_line(exc)}); download it by hand "
+                f"into {target / _CIFAR_DIRNAME}, or set IGKD_DATA / data.root to a folder holding it"
+            ) from None
+        batch_dir = _find_cifar_dir([target])
+    if batch_dir is None:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 not found (looked for {_CIFAR_DIRNAME}/ in: {_searched(candidates)}); "
+            "pass --download, or set IGKD_DATA / data.root to a folder holding cifar-10-batches-py"
+        )
+    files = _cifar_files(batch_dir, split)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 in {batch_dir} is incomplete (missing {', '.join(missing)}); delete it and pass --download"
+        )
+    return _read_cifar10(str(batch_dir.resolve()), split, _stat_key(files))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files)
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an IDX file (plain or gzipped), checking its header against its length.
+
+    A truncated download otherwise surfaces as a reshape error far from its cause.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # gzip magic; decide by content, not by name
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetNotFoundError(f"IDX file {path} is unreadable ({_one_line(exc)}); delete it and re-download") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetNotFoundError(f"IDX file {path} has a bad magic number {raw[:4].hex()!r}; delete it and re-download")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetNotFoundError(f"IDX file {path} is truncated inside its header; delete it and re-download")
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise DatasetNotFoundError(
+            f"IDX file {path} holds {len(raw)} bytes, its header {shape} needs {expected}; "
+            "it is truncated or corrupt, delete it and re-download"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):  # plain first: no decompression
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_files(folder: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    images = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+    labels = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    return (images, labels) if images is not None and labels is not None else None
+
+
+def _find_fashion_files(candidates: Sequence[Path], split: str) -> tuple[Path, Path] | None:
+    for c in candidates:
+        for d in (c, c / "FashionMNIST" / "raw"):  # flat, or torchvision's layout
+            files = _fashion_files(d, split)
+            if files is not None:
+                return files
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_fashion(images_path: str, labels_path: str, stat_key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    del stat_key  # only part of the cache key
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DatasetNotFoundError(f"IDX file {images_path} holds {images.dtype} {images.shape}, expected uint8 (N, H, W)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DatasetNotFoundError(
+            f"IDX file {labels_path} holds {labels.shape} labels for {len(images)} images in {images_path}"
+        )
+    y = torch.from_numpy(labels.astype(np.int64))
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(FASHION_MNIST_CLASSES)):
+        raise DatasetNotFoundError(f"IDX file {labels_path} has labels outside 0..9")
+    return torch.from_numpy(images).unsqueeze(1), y
+
+
+def _load_fashion_mnist(split: str, root: Path | None, download: bool):
+    if root is not None:
+        candidates = [root]
+    else:
+        candidates = [*_default_dirs("fashion_mnist"), _FASHION_SYSTEM_DIR, Path("data") / "fashion_mnist"]
+    files = _find_fashion_files(candidates, split)
+    if files is None and download:
+        target = _download_target(root, "fashion_mnist")
+        try:
+            import torchvision.datasets
+
+            target.mkdir(parents=True, exist_ok=True)
+            torchvision.datasets.FashionMNIST(str(target), train=split == "train", download=True)
+        except Exception as exc:  # network, disk, checksum: all end in the same user-facing error
+            raise DatasetNotFoundError(
+                f"downloading Fashion-MNIST into {target} failed ({_one_line(exc)}); install the Debian "
+                "package dataset-fashion-mnist, or set IGKD_DATA / data.root to a folder holding the IDX files"
+            ) from None
+        files = _find_fashion_files([target], split)
+    if files is None:
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST {split} IDX files not found (looked in: {_searched(candidates)}, and their "
+            "FashionMNIST/raw); pass --download, install the Debian package dataset-fashion-mnist, "
+            "or set IGKD_DATA / data.root"
+        )
+    x, y = _read_fashion(str(files[0]), str(files[1]), _stat_key(files))
+    return x, y, FASHION_MNIST_CLASSES
+
+
+# --------------------------------------------------------------------------------------------------
+# npz
+
+
+@functools.lru_cache(maxsize=4)
+def _read_npz(path: str, split: str, stat_key: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    del stat_key  # only part of the cache key
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetNotFoundError(f"npz file {path} is unreadable ({_one_line(exc)})") from None
+    with archive:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            if key not in archive.files:
+                raise ConfigError(f"npz file {path} lacks the array {key!r} (needs x_train, y_train, x_test, y_test)")
+        x = archive[f"x_{split}"]
+        y = archive[f"y_{split}"]
+        y_all = [archive["y_train"], archive["y_test"]]
+        classes_arr = archive["classes"] if "classes" in archive.files else None
+    key = f"x_{split}"
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise ConfigError(f"npz {path}: {key!r} must be uint8 images (N, H, W, C) or (N, H, W), got {x.dtype} {x.shape}")
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    for name, arr in (("y_train", y_all[0]), ("y_test", y_all[1])):
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (arr.size and arr.min() < 0):
+            raise ConfigError(f"npz {path}: {name!r} must be 1-D non-negative integer labels, got {arr.dtype} {arr.shape}")
+    if len(y) != len(x):
+        raise ConfigError(f"npz {path}: 'y_{split}' has {len(y)} labels for {len(x)} images in {key!r}")
+    if classes_arr is not None:
+        if classes_arr.ndim != 1:
+            raise ConfigError(f"npz {path}: 'classes' must be a 1-D array of names, got shape {classes_arr.shape}")
+        classes = tuple(str(c) for c in classes_arr.tolist())
+    else:
+        top = max((int(a.max()) for a in y_all if a.size), default=-1)
+        classes = tuple(str(i) for i in range(top + 1))
+    if y.size and int(y.max()) >= len(classes):
+        raise ConfigError(f"npz {path}: 'y_{split}' has label {int(y.max())} but only {len(classes)} classes")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), classes
+
+
+def _load_npz(split: str, root: Path | None):
+    if root is None:
+        raise ConfigError("dataset 'npz' needs root (data.root) set to the path of an .npz file")
+    if not root.is_file():
+        raise DatasetNotFoundError(f"npz file {root} not found; set data.root to an .npz with x_train, y_train, x_test, y_test")
+    return _read_npz(str(root.resolve()), split, _stat_key([root]))
+
+
+# --------------------------------------------------------------------------------------------------
+# image folder: <root>/<split>/<class>/<image>
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_image_folder(split: str, root: Path | None):
+    if root is None:
+        raise ConfigError("dataset 'image_folder' needs root (data.root) set to a folder with train/ and test/")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DatasetNotFoundError(
+            f"image folder {root} has no {split}/ sub-folder; expected {root}/{split}/<class>/<image files>"
+        )
+    # Classes from both splits, so a label means the same class in train and test.
+    classes = sorted({c for s in SPLITS if (root / s).is_dir() for c in _class_dirs(root / s)})
+    if not classes:
+        raise DatasetNotFoundError(f"image folder {split_dir} has no class sub-folders")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        cls_dir = split_dir / cls
+        if not cls_dir.is_dir():
+            continue
+        found = sorted(p for p in cls_dir.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise DatasetNotFoundError(f"image folder {split_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    key = _stat_key(files)
+    x = _read_images(tuple(str(f) for f in files), key)
+    return x, torch.tensor(labels, dtype=torch.int64), classes
+
+
+@functools.lru_cache(maxsize=4)
+def _read_images(files: tuple[str, ...], stat_key: tuple) -> torch.Tensor:
+    del stat_key  # only part of the cache key
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    size = None
+    modes = set()
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                if size is None:
+                    size = im.size
+                elif im.size != size:
+                    raise ConfigError(f"image {f} is {im.size[0]}x{im.size[1]}, others are {size[0]}x{size[1]}; all images must share one size")
+                modes.add(im.mode)
+                im.load()
+                arrays.append(im.copy())
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DatasetNotFoundError(f"image {f} is unreadable ({_one_line(exc)})") from None
+    mode = "L" if modes == {"L"} else "RGB"
+    stack = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
+    x = stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits
+
+
+def _class_positions(labels: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pick counts[c] random positions of each class c with one shared permutation."""
+    perm = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[perm]
+    picked = [perm[shuffled == c][: int(k)] for c, k in enumerate(counts.tolist()) if k > 0]
+    if not picked:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.sort(torch.cat(picked)).values
+
+
+def _check_labels(labels: torch.Tensor) -> torch.Tensor:
+    labels = torch.as_tensor(labels).cpu()
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError("labels must be non-negative")
+    return labels.to(torch.int64)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held_out) positions, each class holding out round(fraction * n_c).
+
+    Keeps class balance in both parts, as the paper's Monte Carlo runs on random 80 % of the training
+    set need. Rounding is half-up; a class with n_c > 1 gives at least one and at most n_c - 1
+    samples to the held-out part (so every class stays in both), a single-sample class stays kept.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    labels = _check_labels(labels)
+    counts = torch.bincount(labels) if len(labels) else torch.zeros(0, dtype=torch.int64)
+    held = torch.floor(counts.double() * fraction + 0.5).long()
+    if fraction > 0:
+        held = torch.where(counts > 1, held.clamp(1, None), held)
+    held = torch.minimum(held, (counts - 1).clamp_min(0))
+    generator = torch.Generator().manual_seed(seed)
+    held_out = _class_positions(labels, held, generator)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).squeeze(1), held_out
+
+
+def stratified_subset(ds: ImageDataset, size: int, seed: int) -> ImageDataset:
+    """A class-balanced random subset of exactly ``size`` samples, for small demos and CPU runs.
+
+    Per-class quotas are ``size * n_c / N`` rounded by largest remainder, so they sum to ``size``.
+    The samples keep their ``index``.
+    """
+    if not 0 < size <= len(ds):
+        raise ValueError(f"size must be in 1..{len(ds)}, got {size}")
+    labels = _check_labels(ds.y)
+    counts = torch.bincount(labels)
+    exact = counts.double() * size / len(labels)
+    quota = torch.floor(exact).long()
+    short = size - int(quota.sum())
+    if short > 0:
+        # Largest remainders first; ties go to the lower class id (stable sort).
+        order = torch.sort(exact - quota, descending=True, stable=True).indices
+        quota[order[:short]] += 1
+    positions = _class_positions(labels, quota, torch.Generator().manual_seed(seed))
+    return ds.subset(positions)

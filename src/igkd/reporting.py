@@ -1,0 +1,55 @@
+"""Plain-text tables for the terminal and Markdown files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .config import Config
+
+KNOWN_SHAPES = {"cifar10": ((3, 32, 32), 10), "fashion_mnist": ((1, 28, 28), 10)}
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A Markdown table that also reads well in a terminal; ``align`` is one of l/r per column."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else ("-" * (w + 2)) for w, a in zip(widths, align)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def compression_table(cfg: Config) -> str:
+    """Student size and cost for every k of the configured teacher (METHOD.md's CF table)."""
+    from .models import (
+        compression_factor,
+        count_macs,
+        count_parameters,
+        create_model,
+        truncated_student,
+    )
+
+    if cfg.data.name not in KNOWN_SHAPES:
+        raise ValueError(f"compression-table knows the input shape of {', '.join(KNOWN_SHAPES)} only")
+    shape, classes = KNOWN_SHAPES[cfg.data.name]
+    t = cfg.teacher
+    teacher = create_model(t.arch, num_classes=classes, in_channels=shape[0], width_mult=t.width_mult,
+                           strides=t.strides, dropout=t.dropout)
+    rows = [("teacher", count_parameters(teacher), 1.0, count_macs(teacher, shape) / 1e6)]
+    for k in range(1, len(teacher.features)):
+        s = truncated_student(teacher, k)
+        rows.append((f"k={k}", count_parameters(s), compression_factor(teacher, s), count_macs(s, shape) / 1e6))
+    return format_table(["model", "parameters", "CF", "MMACs / image"], rows)

@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("IGKD_REFERENCE", ROOT.parent / "shared" / "reference"))
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def require(path: Path, what: str) -> None:
+    """Skip on a developer's machine without ``path``; in CI (CI=true) its absence is a failure."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} missing at {path}; CI must install it")
+        pytest.skip(f"{what} not at {path}")
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
