@@ -53,7 +53,7 @@ class IGConfig:
     baseline: str = "zeros-normalized"  # the paper's: zero in normalised space = the mean colour
     dtype: str = "float16"
     batch_size: int | None = None  # images per IG call; None = chosen automatically
-    chunk_size: int = 1024  # images per resumable chunk of the store
+    chunk_size: int | None = None  # images per resumable chunk of the store; None = 256 on CPU, 2048 on GPU
     fold_bn: bool = True
     store: str | None = None  # None = a folder under the cache named by dataset, teacher and settings
 

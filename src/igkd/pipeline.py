@@ -174,7 +174,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
         teacher, teacher_hash = load_teacher(cfg, ds, device)
     else:  # the architecture alone fixes the student's shape
         teacher, teacher_hash = build_teacher(cfg, ds), None
-    maps = open_store(cfg, ds, teacher_hash).get(torch.arange(len(ds.train))).half() if uses_ig else None
+    maps = open_store(cfg, ds, teacher_hash).load_all(torch.float16) if uses_ig else None
     student = truncated_student(teacher, cfg.student.remove_blocks)
     at_layer = cfg.distill.at_layer
     if at_layer is None and "at" in method.split("_"):

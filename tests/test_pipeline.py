@@ -1,0 +1,67 @@
+"""End to end on a small real subset: teacher -> IG store -> students, the demo table, stale stores."""
+
+import json
+
+import pytest
+
+from igkd.cli import main
+
+from .conftest import FASHION_MNIST, require
+
+SMALL = ["data.train_size=600", "data.test_size=500", "train.epochs=1", "teacher_train.epochs=1",
+         "teacher.width_mult=0.25", "train.device=cpu", "teacher_train.device=cpu", "ig.chunk_size=256"]
+
+
+def _sets(items):
+    return [x for item in items for x in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    require(FASHION_MNIST, "Fashion-MNIST")
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), *_sets(SMALL)]) == 0
+    return out
+
+
+def test_demo_prints_a_table_of_real_runs(demo_dir, capsys):
+    summary = json.loads((demo_dir / "demo_summary.json").read_text())
+    methods = [s["method"] for s in summary["students"]]
+    assert methods == ["student", "kd", "kd_ig"]
+    for s in summary["students"]:
+        assert s["params"] < summary["teacher"]["params"]
+        assert s["compression_factor"] == pytest.approx(summary["teacher"]["params"] / s["params"])
+        assert 0.0 <= s["test_acc_last"] <= 100.0 and s["test_images"] == 500
+    # A second run reuses every stage and prints the same table.
+    assert main(["demo", "--out", str(demo_dir), *_sets(SMALL)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 4
+    table = (demo_dir / "demo_table.md").read_text()
+    assert table.strip() in out and "kd_ig" in table
+
+
+def test_ig_store_matches_teacher_and_data(demo_dir):
+    from igkd.attribution import MapStore
+
+    (store_dir,) = [p for p in demo_dir.iterdir() if p.name.startswith("ig-")]
+    store = MapStore.open(store_dir)
+    assert store.shape == (600, 28, 28)
+    assert store.meta["n_steps"] == 50 and store.meta["method"] == "gausslegendre"
+    teacher = json.loads(next(demo_dir.glob("teacher-*/summary.json")).read_text())
+    assert store.meta["teacher_hash"] == teacher["teacher_hash"]
+    assert store.meta["fingerprint"] == teacher["dataset_fingerprint"]
+
+
+def test_stale_store_is_refused(demo_dir, capsys, tmp_path):
+    (store_dir,) = [p for p in demo_dir.iterdir() if p.name.startswith("ig-")]
+    (teacher_dir,) = list(demo_dir.glob("teacher-*"))
+    base = [*SMALL, f"teacher.checkpoint={teacher_dir / 'model.pt'}", f"ig.store={store_dir}"]
+    code = main(["distill", "-c", "cpu-fashion-mnist", "-m", "kd_ig", "--out", str(tmp_path / "a"),
+                 *_sets([*base, "ig.n_steps=20"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "n_steps" in err and err.count("\n") == 1
+    code = main(["distill", "-c", "cpu-fashion-mnist", "-m", "kd_ig", "--out", str(tmp_path / "b"),
+                 *_sets([*base, "data.train_size=500"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "fingerprint" in err
+    assert not (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "b").exists()
