@@ -65,3 +65,39 @@ def test_stale_store_is_refused(demo_dir, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "fingerprint" in err
     assert not (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "b").exists()
+
+
+def test_precompute_cli_two_ranks_equal_one_process(tmp_path):
+    """`igkd precompute-ig --rank R --world-size 2` in two concurrent processes builds the same store."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    from igkd.attribution import MapStore
+    from igkd.models import cifar_mobilenet_v2
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 4, x_test=rng.integers(0, 256, (8, 12, 12, 3), dtype=np.uint8),
+             y_test=np.arange(8) % 4)
+    torch.manual_seed(0)
+    torch.save(cifar_mobilenet_v2(num_classes=4, width_mult=0.25).state_dict(), tmp_path / "t.pt")
+    sets = _sets(["data.name=npz", f"data.root={tmp_path / 'd.npz'}", "teacher.width_mult=0.25",
+                  f"teacher.checkpoint={tmp_path / 't.pt'}", "ig.chunk_size=8", "ig.n_steps=8",
+                  "ig.dtype=float32", "train.device=cpu"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "IGKD_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "igkd.cli", "precompute-ig", *sets]
+    procs = [subprocess.Popen([*cmd, "--store", str(tmp_path / "two"), "--rank", str(r), "--world-size", "2"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    one = subprocess.run([*cmd, "--store", str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert "complete" in one.stdout
+    a, b = MapStore.open(tmp_path / "two"), MapStore.open(tmp_path / "one")
+    assert a.shape == (40, 12, 12)
+    assert np.array_equal(np.asarray(a.maps), np.asarray(b.maps))

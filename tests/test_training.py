@@ -13,7 +13,7 @@ from .conftest import FASHION_MNIST, require
 TINY = [
     "data.name=fashion_mnist", "data.train_size=2000", "data.test_size=1000", "data.val_fraction=0.1",
     "teacher.width_mult=0.25", "teacher.strides=[2,2,2,1,1]",
-    "teacher_train.epochs=3", "teacher_train.batch_size=64", "teacher_train.lr=0.003",
+    "teacher_train.epochs=6", "teacher_train.batch_size=64", "teacher_train.lr=0.003",
     "train.epochs=2", "train.batch_size=64", "train.device=cpu", "teacher_train.device=cpu",
     "augment.crop_padding=2",
 ]
@@ -37,9 +37,9 @@ def test_teacher_training_learns_real_data(teacher_run):
     for name in ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "model.pt", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in lines] == [1, 2, 3]
+    assert [h["epoch"] for h in lines] == [1, 2, 3, 4, 5, 6]
     assert {"loss_ce", "val_acc", "test_acc", "train_acc"} <= set(lines[0])
-    assert summary["best_epoch"] in (1, 2, 3)
+    assert summary["best_epoch"] in range(1, 7)
     best = max(lines, key=lambda h: h["val_acc"])
     assert summary["test_acc_at_best_val"] == best["test_acc"]
     env = json.loads((out / "env.json").read_text())

@@ -49,8 +49,10 @@ def cmd_precompute(args) -> None:
     from .pipeline import precompute
 
     extra = [f"ig.store={args.store}"] if args.store else []
-    path = precompute(_config(args, extra), rank=args.rank, world_size=args.world_size)
-    print(f"IG maps: {path}")
+    r = precompute(_config(args, extra), rank=args.rank, world_size=args.world_size)
+    state = "complete" if r.complete else "waiting for the other ranks to finish"
+    print(f"IG maps ({state}): {r.path}; this worker (rank {r.rank} of {r.world_size}) computed "
+          f"{len(r.computed)} chunks and found {len(r.skipped)} already done, in {r.seconds:.0f} s")
 
 
 def cmd_distill(args) -> None:

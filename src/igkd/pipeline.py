@@ -132,8 +132,10 @@ def store_path(cfg: Config, ds: Datasets, teacher_hash: str) -> Path:
 
 
 def precompute(cfg: Config, rank: int | None = None, world_size: int | None = None,
-               progress: bool | None = None) -> Path:
-    """Write (or finish) the IG map store of the configured training set and teacher."""
+               progress: bool | None = None):
+    """Write (or finish) the IG map store of the configured training set and teacher.
+
+    Returns the :class:`~igkd.attribution.PrecomputeResult` of this worker."""
     from .attribution import precompute_ig
 
     device = resolve_device(cfg.train.device)
@@ -142,12 +144,11 @@ def precompute(cfg: Config, rank: int | None = None, world_size: int | None = No
     ds = load_datasets(cfg)
     teacher, teacher_hash = load_teacher(cfg, ds, device)
     path = store_path(cfg, ds, teacher_hash)
-    precompute_ig(teacher, ds.train, ds.convention, path, teacher_hash=teacher_hash, n_steps=cfg.ig.n_steps,
+    return precompute_ig(teacher, ds.train, ds.convention, path, teacher_hash=teacher_hash, n_steps=cfg.ig.n_steps,
                   method=cfg.ig.method, baseline=cfg.ig.baseline, dtype=cfg.ig.dtype,
                   batch_size=cfg.ig.batch_size, chunk_size=cfg.ig.chunk_size, rank=rank,
                   world_size=world_size, device=str(device), fold_bn=cfg.ig.fold_bn,
                   progress=progress is not False)
-    return path
 
 
 def open_store(cfg: Config, ds: Datasets, teacher_hash: str):
