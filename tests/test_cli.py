@@ -57,3 +57,8 @@ def test_argparse_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_unknown_demo_method(capsys, tmp_path):
+    code, _, err = _run(capsys, "demo", "--methods", "student,kd_xx", "--out", str(tmp_path))
+    assert code == 2 and "kd_xx" in err and err.count("\n") == 1

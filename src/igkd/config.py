@@ -120,14 +120,13 @@ def _check_value(where: str, tp: Any, value: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check_value(where, arg, value)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(tp)})")
     if origin is list:
         (item,) = typing.get_args(tp)

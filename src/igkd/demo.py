@@ -10,7 +10,9 @@ import copy
 import time
 from pathlib import Path
 
-from .config import Config
+from .config import METHODS, Config
+from .distill.methods import MethodSpec
+from .errors import ConfigError
 from .pipeline import distill, precompute, train_teacher
 from .reporting import format_table
 from .runs import RunDir, write_json
@@ -26,6 +28,9 @@ def _run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str) -> dict:
 
 
 def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r} in --methods; known: {', '.join(METHODS)}")
     out = Path(out)
     t0 = time.perf_counter()
     n_steps = 2 + len(methods)
@@ -38,7 +43,7 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     cfg.teacher.checkpoint = str(teacher_dir / "model.pt")
     if not cfg.ig.store:
         cfg.ig.store = str(out / f"ig-{teacher['teacher_hash'][:10]}-{cfg.digest('data', 'ig')}")
-    if any("ig" in m.split("_") for m in methods):
+    if any(MethodSpec.parse(m).ig for m in methods):
         print(f"[2/{n_steps}] IG maps of {cfg.data.train_size or 'all'} training images -> {cfg.ig.store}", flush=True)
         precompute(cfg)
     summaries = []
@@ -60,7 +65,7 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     if summaries:
         s = summaries[0]
         print(f"{s['dataset']}: trained on {s['train_images']:,} images for {cfg.train.epochs} epochs, "
-              f"tested on {s['test_images']:,}; students keep {19 - cfg.student.remove_blocks} of 19 feature modules")
+              f"tested on {s['test_images']:,}; students drop the teacher's last {cfg.student.remove_blocks} feature modules")
     print(table)
     print(f"\nwall time {wall:.0f} s; runs in {out}")
     (out / "demo_table.md").write_text(table + "\n")

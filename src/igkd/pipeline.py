@@ -18,7 +18,7 @@ from .data import (
     stratified_subset,
 )
 from .data.dataset import ImageDataset
-from .distill.methods import Distiller
+from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize
 from .errors import CheckpointError, StaleStoreError
 from .models import (
@@ -169,8 +169,8 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     ds = load_datasets(cfg)
     data = training_data(ds, cfg.data.val_fraction, tc.seed)
     method = cfg.distill.method
-    needs_teacher = method != "student" and method != "ig"
-    uses_ig = "ig" in method.split("_")
+    spec = MethodSpec.parse(method)
+    needs_teacher, uses_ig = spec.needs_teacher, spec.ig
     if needs_teacher or uses_ig:
         teacher, teacher_hash = load_teacher(cfg, ds, device)
     else:  # the architecture alone fixes the student's shape
@@ -178,7 +178,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     maps = open_store(cfg, ds, teacher_hash).load_all(torch.float16) if uses_ig else None
     student = truncated_student(teacher, cfg.student.remove_blocks)
     at_layer = cfg.distill.at_layer
-    if at_layer is None and "at" in method.split("_"):
+    if at_layer is None and spec.at:
         at_layer = at_layer_for(cfg.student.remove_blocks, len(teacher.features))
     distiller = Distiller(student, teacher if needs_teacher else None, method, cfg.distill, at_layer=at_layer)
     run = RunDir(out)

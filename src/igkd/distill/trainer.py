@@ -13,7 +13,7 @@ from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
 from ..data.augment import batch_crop_flip, ig_overlay
 from ..data.dataset import ImageDataset
-from ..runs import RunDir, atomic_torch_save, environment
+from ..runs import RunDir, atomic_torch_save
 from ..utils import derive_seed
 from .methods import Distiller
 
@@ -168,4 +168,4 @@ def summarize(history: list[dict]) -> dict:
     return out
 
 
-__all__ = ["TrainingData", "environment", "evaluate", "fit", "summarize"]
+__all__ = ["TrainingData", "evaluate", "fit", "summarize"]
