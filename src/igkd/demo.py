@@ -13,9 +13,10 @@ from pathlib import Path
 from .config import METHODS, Config
 from .distill.methods import MethodSpec
 from .errors import ConfigError
+from .fileio import write_json
 from .pipeline import distill, precompute, train_teacher
 from .reporting import format_table
-from .runs import RunDir, write_json
+from .runs import RunDir
 
 
 def _run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str) -> dict:

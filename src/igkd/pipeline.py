@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, TrainConfig
 from .convention import InputConvention
 from .data import (
     DATASET_CONVENTIONS,
@@ -21,6 +21,7 @@ from .data.dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize
 from .errors import CheckpointError, StaleStoreError
+from .fileio import write_json
 from .models import (
     at_layer_for,
     compression_factor,
@@ -30,7 +31,7 @@ from .models import (
     state_dict_hash,
     truncated_student,
 )
-from .runs import RunDir, environment, load_weights, write_json
+from .runs import RunDir, environment, load_weights
 from .utils import derive_seed, resolve_device
 
 
@@ -76,10 +77,14 @@ def load_teacher(cfg: Config, ds: Datasets, device: torch.device) -> tuple[torch
     return teacher.to(device).eval(), state_dict_hash(teacher)
 
 
-def _seed_everything(seed: int, threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(derive_seed(seed, "init"))
+def _prepare(cfg: Config, tc: TrainConfig) -> tuple[torch.device, Datasets, TrainingData]:
+    """Device, threads and initialisation seed of a training run, then its data and split."""
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(derive_seed(tc.seed, "init"))
+    ds = load_datasets(cfg)
+    return device, ds, training_data(ds, cfg.data.val_fraction, tc.seed)
 
 
 def _finish(run: RunDir, history: list[dict], extra: dict) -> dict:
@@ -92,10 +97,7 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
                   on_epoch_end=None) -> dict:
     """Train the teacher architecture with cross-entropy (``teacher_train`` settings, no overlay)."""
     tc = cfg.teacher_train
-    device = resolve_device(tc.device)
-    _seed_everything(tc.seed, tc.threads)
-    ds = load_datasets(cfg)
-    data = training_data(ds, cfg.data.val_fraction, tc.seed)
+    device, ds, data = _prepare(cfg, tc)
     teacher = build_teacher(cfg, ds)
     run = RunDir(out)
     run.start(cfg, resume, environment(device, tc.seed))
@@ -164,10 +166,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
             on_epoch_end=None) -> dict:
     """Train a truncated student by ``distill.method``; write the run directory; return its summary."""
     tc = cfg.train
-    device = resolve_device(tc.device)
-    _seed_everything(tc.seed, tc.threads)
-    ds = load_datasets(cfg)
-    data = training_data(ds, cfg.data.val_fraction, tc.seed)
+    device, ds, data = _prepare(cfg, tc)
     method = cfg.distill.method
     spec = MethodSpec.parse(method)
     needs_teacher, uses_ig = spec.needs_teacher, spec.ig

@@ -48,6 +48,7 @@ from .ig import (
 )
 from .store import (
     FORMAT,
+    IDENTITY_KEYS,
     VERSION,
     MapStore,
     baseline_spec,
@@ -170,8 +171,7 @@ def _create_or_join(path: Path, meta: dict[str, Any], explicit: dict[str, Any]) 
         write_json_atomic(tmp, meta)
         publish_exclusive(tmp, meta_path)
     stored = read_meta(path)
-    identity = {k: meta[k] for k in ("dataset", "fingerprint", "teacher_hash", "n_steps", "method",
-                                     "baseline", "convention")}
+    identity = {k: meta[k] for k in IDENTITY_KEYS}
     diff = mismatches(stored, identity)
     for key in ("dtype", "shape", "autocast"):
         if stored.get(key) != meta[key]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import StaleStoreError
+from ..fileio import fsync_dir, write_json
 
 FORMAT = "igkd-map-store"
 VERSION = 1
@@ -109,14 +109,8 @@ def mismatches(meta: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to a unique temporary name, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """The store's JSON layout (sorted keys), written atomically."""
+    write_json(path, data, indent=1, sort_keys=True)
 
 
 def publish_exclusive(tmp: Path, final: Path) -> bool:
@@ -138,21 +132,8 @@ def publish_exclusive(tmp: Path, final: Path) -> bool:
             return True
     tmp.unlink(missing_ok=True)
     if won:
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     return won
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -221,21 +221,25 @@ def _read_cifar10(batch_dir: str, split: str, stat_key: tuple) -> tuple[torch.Te
     return x, y, classes
 
 
+def _torchvision_download(cls_name: str, label: str, target: Path, split: str, fix: str) -> None:
+    """Fetch a split with torchvision into ``target``; any failure becomes one user-facing line."""
+    try:
+        import torchvision.datasets
+
+        target.mkdir(parents=True, exist_ok=True)
+        getattr(torchvision.datasets, cls_name)(str(target), train=split == "train", download=True)
+    except Exception as exc:  # network, disk, checksum: all end in the same user-facing error
+        raise DatasetNotFoundError(f"downloading {label} into {target} failed ({_one_line(exc)}); {fix}") from None
+
+
 def _load_cifar10(split: str, root: Path | None, download: bool):
     candidates = [root] if root is not None else [*_default_dirs("cifar10"), Path("data"), Path("data") / "cifar10"]
     batch_dir = _find_cifar_dir(candidates)
     if batch_dir is None and download:
         target = _download_target(root, "cifar10")
-        try:
-            import torchvision.datasets
-
-            target.mkdir(parents=True, exist_ok=True)
-            torchvision.datasets.CIFAR10(str(target), train=split == "train", download=True)
-        except Exception as exc:  # network, disk, checksum: all end in the same user-facing error
-            raise DatasetNotFoundError(
-                f"downloading CIFAR-10 into {target} failed ({_one_line(exc)}); download it by hand "
-                f"into {target / _CIFAR_DIRNAME}, or set IGKD_DATA / data.root to a folder holding it"
-            ) from None
+        _torchvision_download("CIFAR10", "CIFAR-10", target, split,
+                              f"download it by hand into {target / _CIFAR_DIRNAME}, or set IGKD_DATA / "
+                              "data.root to a folder holding it")
         batch_dir = _find_cifar_dir([target])
     if batch_dir is None:
         raise DatasetNotFoundError(
@@ -334,16 +338,9 @@ def _load_fashion_mnist(split: str, root: Path | None, download: bool):
     files = _find_fashion_files(candidates, split)
     if files is None and download:
         target = _download_target(root, "fashion_mnist")
-        try:
-            import torchvision.datasets
-
-            target.mkdir(parents=True, exist_ok=True)
-            torchvision.datasets.FashionMNIST(str(target), train=split == "train", download=True)
-        except Exception as exc:  # network, disk, checksum: all end in the same user-facing error
-            raise DatasetNotFoundError(
-                f"downloading Fashion-MNIST into {target} failed ({_one_line(exc)}); install the Debian "
-                "package dataset-fashion-mnist, or set IGKD_DATA / data.root to a folder holding the IDX files"
-            ) from None
+        _torchvision_download("FashionMNIST", "Fashion-MNIST", target, split,
+                              "install the Debian package dataset-fashion-mnist, or set IGKD_DATA / "
+                              "data.root to a folder holding the IDX files")
         files = _find_fashion_files([target], split)
     if files is None:
         raise DatasetNotFoundError(

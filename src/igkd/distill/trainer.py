@@ -13,7 +13,8 @@ from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
 from ..data.augment import batch_crop_flip, ig_overlay
 from ..data.dataset import ImageDataset
-from ..runs import RunDir, atomic_torch_save
+from ..fileio import atomic_torch_save
+from ..runs import RunDir
 from ..utils import derive_seed
 from .methods import Distiller
 
