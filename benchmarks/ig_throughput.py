@@ -49,8 +49,8 @@ from igkd.attribution import (
     prepare_for_ig,
     tune_cpu_allocator,
 )
-from igkd.convention import CIFAR10_MEAN, CIFAR10_STD, InputConvention
-from igkd.data.dataset import ImageDataset
+from igkd.data.catalog import CIFAR10
+from igkd.data.image_dataset import ImageDataset
 from igkd.models import cifar_mobilenet_v2, state_dict_hash, truncated_student
 
 N_STEPS = 50
@@ -215,7 +215,7 @@ def main() -> None:
     model = cifar_mobilenet_v2().eval()
     for p in model.parameters():  # the plain model's passes compute no parameter gradients either
         p.requires_grad_(False)
-    conv = InputConvention(CIFAR10_MEAN, CIFAR10_STD)
+    conv = CIFAR10.convention
     x_u8 = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (args.images,))
     x = conv.from_uint8(x_u8)

@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from igkd.convention import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from igkd.data import (
-    DATASET_CONVENTIONS,
-    FASHION_MNIST_CLASSES,
+    DATASETS,
     ImageDataset,
     compute_convention,
     load_dataset,
@@ -54,7 +52,7 @@ def test_fashion_mnist_real_files_load():
         assert int(ds.y.min()) == 0 and int(ds.y.max()) == 9
         assert torch.bincount(ds.y).tolist() == [per_class] * 10
         assert torch.equal(ds.index, torch.arange(len(ds)))
-        assert ds.classes == FASHION_MNIST_CLASSES
+        assert ds.classes == list(DATASETS['fashion_mnist'].classes)
         assert ds.name == "fashion_mnist"
     assert train.y[:5].tolist() == [9, 0, 0, 3, 0]  # the file's known first labels (Ankle boot, T-shirt, ...)
     assert int(train.x.max()) == 255 and int(train.x.min()) == 0
@@ -70,9 +68,9 @@ def test_fashion_mnist_is_cached_and_conventions_match():
     b = load_dataset("fashion_mnist", "train", root=FASHION_DIR)
     assert a is not b and a.x.data_ptr() == b.x.data_ptr()  # parsed once per process
     conv = compute_convention(a)
-    assert conv.mean == pytest.approx(FASHION_MNIST_MEAN, abs=1e-3)
-    assert conv.std == pytest.approx(FASHION_MNIST_STD, abs=1e-3)
-    assert DATASET_CONVENTIONS["fashion_mnist"].mean == FASHION_MNIST_MEAN
+    published = DATASETS["fashion_mnist"].convention
+    assert conv.mean == pytest.approx(published.mean, abs=1e-3)
+    assert conv.std == pytest.approx(published.std, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

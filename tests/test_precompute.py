@@ -20,7 +20,7 @@ from torch import nn
 
 from igkd.attribution import MapStore, finalize_store, precompute_ig
 from igkd.convention import InputConvention
-from igkd.data.dataset import ImageDataset
+from igkd.data.image_dataset import ImageDataset
 from igkd.errors import StaleStoreError
 from igkd.models import cifar_mobilenet_v2
 
@@ -33,7 +33,7 @@ import torch
 torch.set_num_threads(1)
 from igkd.attribution import precompute_ig
 from igkd.convention import InputConvention
-from igkd.data.dataset import ImageDataset
+from igkd.data.image_dataset import ImageDataset
 from igkd.models import cifar_mobilenet_v2
 
 cfg = json.loads(sys.argv[1])

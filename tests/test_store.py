@@ -17,7 +17,7 @@ from igkd.attribution import (
     precompute_ig,
 )
 from igkd.convention import InputConvention
-from igkd.data.dataset import ImageDataset
+from igkd.data.image_dataset import ImageDataset
 from igkd.errors import StaleStoreError
 from igkd.models import cifar_mobilenet_v2, state_dict_hash
 

@@ -3,6 +3,7 @@
 Images live as uint8. Augmentation and the IG overlay work on pixel values in [0, 1]. Every network,
 teacher and student alike, and the IG computation, see ``(x01 - mean) / std``. Nothing else feeds a
 network, so no model can see another scaling than the one its store or checkpoint records.
+Per-dataset mean and std live in :mod:`igkd.data.catalog`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import torch
 from .config import Config, TrainConfig
 from .convention import InputConvention
 from .data import (
-    DATASET_CONVENTIONS,
+    DATASETS,
     compute_convention,
     load_dataset,
     stratified_split,
     stratified_subset,
 )
-from .data.dataset import ImageDataset
+from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize
 from .errors import CheckpointError, StaleStoreError
@@ -51,7 +51,7 @@ def load_datasets(cfg: Config) -> Datasets:
         train = stratified_subset(train, d.train_size, seed=d.subset_seed)
     if d.test_size is not None and d.test_size < len(test):
         test = stratified_subset(test, d.test_size, seed=d.subset_seed)
-    convention = DATASET_CONVENTIONS.get(d.name) or compute_convention(train)
+    convention = DATASETS[d.name].convention or compute_convention(train)
     return Datasets(train, test, convention)
 
 

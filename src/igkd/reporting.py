@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 from .config import Config
 
-KNOWN_SHAPES = {"cifar10": ((3, 32, 32), 10), "fashion_mnist": ((1, 28, 28), 10)}
-
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
     """A Markdown table that also reads well in a terminal; ``align`` is one of l/r per column."""
@@ -34,6 +32,8 @@ def _fmt(value: object) -> str:
 
 def compression_table(cfg: Config) -> str:
     """Student size and cost for every k of the configured teacher (METHOD.md's CF table)."""
+    from .data.catalog import DATASETS
+    from .errors import ConfigError
     from .models import (
         compression_factor,
         count_macs,
@@ -42,9 +42,11 @@ def compression_table(cfg: Config) -> str:
         truncated_student,
     )
 
-    if cfg.data.name not in KNOWN_SHAPES:
-        raise ValueError(f"compression-table knows the input shape of {', '.join(KNOWN_SHAPES)} only")
-    shape, classes = KNOWN_SHAPES[cfg.data.name]
+    info = DATASETS[cfg.data.name]
+    if info.image_shape is None:
+        known = ", ".join(k for k, v in DATASETS.items() if v.image_shape is not None)
+        raise ConfigError(f"compression-table knows the image shape of {known} only, not {cfg.data.name}")
+    shape, classes = info.image_shape, info.num_classes
     t = cfg.teacher
     teacher = create_model(t.arch, num_classes=classes, in_channels=shape[0], width_mult=t.width_mult,
                            strides=t.strides, dropout=t.dropout)

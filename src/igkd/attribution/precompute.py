@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import __version__
 from ..convention import InputConvention
-from ..data.dataset import ImageDataset
+from ..data.image_dataset import ImageDataset
 from ..errors import StaleStoreError
 from .ig import (
     PreparedModel,

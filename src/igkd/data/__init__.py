@@ -1,24 +1,15 @@
 """Datasets, splits and batch augmentation: where images enter the pipeline and how they are varied."""
 
 from igkd.data.augment import batch_crop_flip, ig_overlay
-from igkd.data.dataset import ImageDataset
-from igkd.data.datasets import (
-    CIFAR10_CLASSES,
-    DATASET_CONVENTIONS,
-    FASHION_MNIST_CLASSES,
-    KNOWN_DATASETS,
-    compute_convention,
-    load_dataset,
-    read_idx,
-    stratified_split,
-    stratified_subset,
-)
+from igkd.data.catalog import DATASETS, KNOWN_DATASETS, DatasetInfo
+from igkd.data.image_dataset import ImageDataset
+from igkd.data.loaders import compute_convention, load_dataset, read_idx
+from igkd.data.splits import stratified_split, stratified_subset
 
 __all__ = [
-    "CIFAR10_CLASSES",
-    "DATASET_CONVENTIONS",
-    "FASHION_MNIST_CLASSES",
+    "DATASETS",
     "KNOWN_DATASETS",
+    "DatasetInfo",
     "ImageDataset",
     "batch_crop_flip",
     "compute_convention",

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
 from ..data.augment import batch_crop_flip, ig_overlay
-from ..data.dataset import ImageDataset
+from ..data.image_dataset import ImageDataset
 from ..fileio import atomic_torch_save
 from ..runs import RunDir
 from ..utils import derive_seed

@@ -1,4 +1,4 @@
-"""Loading datasets into :class:`ImageDataset`, and stratified splits of them.
+"""Loading datasets from their files into :class:`ImageDataset`.
 
 Every loader returns uint8 (N, C, H, W) images, int64 labels and ``index = arange(N)`` (the position
 in the file), so a map store built for a dataset can always be addressed by that index. Parsing is
@@ -20,31 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igkd.convention import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    InputConvention,
-)
-from igkd.data.dataset import ImageDataset
+from igkd.convention import InputConvention
+from igkd.data.catalog import FASHION_MNIST, KNOWN_DATASETS
+from igkd.data.image_dataset import ImageDataset
 from igkd.errors import ConfigError, DatasetNotFoundError
 
-KNOWN_DATASETS = ("cifar10", "fashion_mnist", "npz", "image_folder")
 SPLITS = ("train", "test")
-
-CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
-
-DATASET_CONVENTIONS: dict[str, InputConvention] = {
-    "cifar10": InputConvention(CIFAR10_MEAN, CIFAR10_STD),
-    "fashion_mnist": InputConvention(FASHION_MNIST_MEAN, FASHION_MNIST_STD),
-}
 
 _CIFAR_DIRNAME = "cifar-10-batches-py"
 _FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -325,7 +306,7 @@ def _read_fashion(images_path: str, labels_path: str, stat_key: tuple) -> tuple[
             f"IDX file {labels_path} holds {labels.shape} labels for {len(images)} images in {images_path}"
         )
     y = torch.from_numpy(labels.astype(np.int64))
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(FASHION_MNIST_CLASSES)):
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= FASHION_MNIST.num_classes):
         raise DatasetNotFoundError(f"IDX file {labels_path} has labels outside 0..9")
     return torch.from_numpy(images).unsqueeze(1), y
 
@@ -349,7 +330,7 @@ def _load_fashion_mnist(split: str, root: Path | None, download: bool):
             "or set IGKD_DATA / data.root"
         )
     x, y = _read_fashion(str(files[0]), str(files[1]), _stat_key(files))
-    return x, y, FASHION_MNIST_CLASSES
+    return x, y, FASHION_MNIST.classes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,69 +441,3 @@ def _read_images(files: tuple[str, ...], stat_key: tuple) -> torch.Tensor:
     stack = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
     x = stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-# --------------------------------------------------------------------------------------------------
-# Splits
-
-
-def _class_positions(labels: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Pick counts[c] random positions of each class c with one shared permutation."""
-    perm = torch.randperm(len(labels), generator=generator)
-    shuffled = labels[perm]
-    picked = [perm[shuffled == c][: int(k)] for c, k in enumerate(counts.tolist()) if k > 0]
-    if not picked:
-        return torch.empty(0, dtype=torch.int64)
-    return torch.sort(torch.cat(picked)).values
-
-
-def _check_labels(labels: torch.Tensor) -> torch.Tensor:
-    labels = torch.as_tensor(labels).cpu()
-    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
-    if len(labels) and int(labels.min()) < 0:
-        raise ValueError("labels must be non-negative")
-    return labels.to(torch.int64)
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept, held_out) positions, each class holding out round(fraction * n_c).
-
-    Keeps class balance in both parts, as the paper's Monte Carlo runs on random 80 % of the training
-    set need. Rounding is half-up; a class with n_c > 1 gives at least one and at most n_c - 1
-    samples to the held-out part (so every class stays in both), a single-sample class stays kept.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    labels = _check_labels(labels)
-    counts = torch.bincount(labels) if len(labels) else torch.zeros(0, dtype=torch.int64)
-    held = torch.floor(counts.double() * fraction + 0.5).long()
-    if fraction > 0:
-        held = torch.where(counts > 1, held.clamp(1, None), held)
-    held = torch.minimum(held, (counts - 1).clamp_min(0))
-    generator = torch.Generator().manual_seed(seed)
-    held_out = _class_positions(labels, held, generator)
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[held_out] = False
-    return torch.nonzero(mask).squeeze(1), held_out
-
-
-def stratified_subset(ds: ImageDataset, size: int, seed: int) -> ImageDataset:
-    """A class-balanced random subset of exactly ``size`` samples, for small demos and CPU runs.
-
-    Per-class quotas are ``size * n_c / N`` rounded by largest remainder, so they sum to ``size``.
-    The samples keep their ``index``.
-    """
-    if not 0 < size <= len(ds):
-        raise ValueError(f"size must be in 1..{len(ds)}, got {size}")
-    labels = _check_labels(ds.y)
-    counts = torch.bincount(labels)
-    exact = counts.double() * size / len(labels)
-    quota = torch.floor(exact).long()
-    short = size - int(quota.sum())
-    if short > 0:
-        # Largest remainders first; ties go to the lower class id (stable sort).
-        order = torch.sort(exact - quota, descending=True, stable=True).indices
-        quota[order[:short]] += 1
-    positions = _class_positions(labels, quota, torch.Generator().manual_seed(seed))
-    return ds.subset(positions)
