@@ -1,28 +1,24 @@
-"""Integrated-gradients throughput on this machine's CPU: igkd against Captum and against the floor.
+"""Integrated-gradients speed and exactness on this machine's CPU: igkd against Captum and float64.
 
-The paper's CIFAR MobileNetV2 teacher (random weights, eval mode), 32x32x3 images, 50 steps, float32,
-the same images for every row, one process. Prints one table of images per second:
+The paper's CIFAR MobileNetV2 teacher, two versions: at initialisation (random weights, fresh batch
+norm) and with trained-like batch-norm statistics and affine parameters. 32x32x3 images, 50 steps,
+float32, the same images for every row, one process. Prints one table: for every row its speed
+(images/s) and its error against a float64 IG computation (relative L2 over all images, and the
+median, 90th percentile and maximum over images) on both teachers.
 
-* igkd: ``igkd.attribution.integrated_gradients`` with default settings, all images in one call;
-* Captum default: ``IntegratedGradients(model).attribute`` with ``internal_batch_size=None``, called on
-  batches of ``--captum-batch`` images (8: the authors' IG loader batch), so one pass is 8 x 50 samples;
-* Captum best: the same with the best ``internal_batch_size`` of {32, 64, 128, 256, 512} (chosen on a
-  sweep over ``--sweep-images`` images, printed above the table);
-* floor: the time of 50 plain forward + input-gradient passes per image, of the unmodified eval model
-  (parameters frozen), at its best batch size of {32, 64, 128, 256, 512} (chosen on a sweep);
-  "floor: IG model" does the same on igkd's prepared model (BN folded, channels-last), the floor of
-  what igkd itself can reach;
-* precompute_ig into a temporary store at two dataset sizes (peak memory must not grow with N);
-* one row per non-default option, each with its speed and its error against igkd's 50-step float32.
+* igkd default: ``integrated_gradients`` with default settings (unfolded, contiguous memory);
+* Captum default / best: ``IntegratedGradients(model).attribute`` on batches of ``--captum-batch``
+  images with ``internal_batch_size`` None / the best of {32, ..., 512} (a sweep chooses it);
+* option rows: non-default settings, each with its speed and error (channels-last, no folding,
+  BN folding, other pass sizes, fewer steps, another quadrature; ``--compile`` adds torch.compile);
+* floor: 50 plain forward + input-gradient passes per image of the unmodified eval model;
+* precompute_ig: the whole store path with its default options.
 
-The machine is shared and outside load only ever slows a row down, so the main rows are timed in
-interleaved rounds and the best round is the estimate (as ``timeit`` does); the median is printed too.
-The glibc allocator is tuned (``igkd.attribution.tune_cpu_allocator``) for every row, Captum's
-included, unless ``--no-tune-allocator``: the comparison is between implementations. Peak memory is
-the peak of C-heap memory in use during the row (glibc ``mallinfo2``, polled); the process's peak
-resident set is printed at the end.
+Outside load only ever slows a row down, so the main rows are timed in interleaved rounds and the best
+round is the estimate (as ``timeit`` does). The glibc allocator is tuned for every row, Captum's
+included, unless ``--no-tune-allocator``: the comparison is between implementations.
 
-    .venv/bin/python benchmarks/ig_throughput.py            # 32 images, 5 rounds: ~10 min on 2 cores
+    .venv/bin/python benchmarks/ig_throughput.py [--compile]     # ~10 min on 2 cores
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ import copy
 import ctypes
 import os
 import platform
-import statistics
 import tempfile
 import threading
 import time
@@ -40,10 +35,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from igkd.attribution import (
-    attribution_map,
+    IGOptions,
+    StoreIdentity,
     integrated_gradients,
     precompute_ig,
     prepare_for_ig,
@@ -51,7 +48,7 @@ from igkd.attribution import (
 )
 from igkd.data.catalog import CIFAR10
 from igkd.data.image_dataset import ImageDataset
-from igkd.models import cifar_mobilenet_v2, state_dict_hash, truncated_student
+from igkd.models import cifar_mobilenet_v2, state_dict_hash
 
 N_STEPS = 50
 REFERENCE = Path(os.environ.get("IGKD_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
@@ -147,49 +144,46 @@ def captum_ig(model, x, t, internal_batch_size, per_call):
     return torch.cat(outs)
 
 
-def grad_passes(model, x, t, batch, samples, channels_last=False):
+def grad_passes(model, x, t, batch, samples):
     """``samples`` forward + input-gradient samples in passes of ``batch`` (inputs cycled)."""
     done = 0
     while done < samples:
         b = min(batch, samples - done)
         idx = torch.arange(done, done + b) % x.shape[0]
-        xb = x[idx]
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        xb.requires_grad_(True)
+        xb = x[idx].requires_grad_(True)
         out = model(xb)
         torch.autograd.grad(out.gather(1, t[idx, None]).sum(), xb)
         done += b
 
 
-def floor_sweep(model, x, t, samples, channels_last=False) -> dict[int, float]:
-    """Rate in images/s (= samples/s / 50) of forward + input-gradient passes, per batch size."""
-    rates = {}
-    for b in BATCHES:
-        grad_passes(model, x, t, b, b, channels_last)  # warm-up of this shape
-        n = max(samples, b)
-        t0 = time.perf_counter()
-        grad_passes(model, x, t, b, n, channels_last)
-        rates[b] = n / (time.perf_counter() - t0) / N_STEPS
-    return rates
+def compiled_ig(model):
+    """igkd's IG on a ``torch.compile``d copy of its prepared model (the stretch option)."""
+    prepared = prepare_for_ig(model, fold_bn=True)
+    prepared.module = torch.compile(prepared.module, dynamic=False)
+    return lambda x, y, **kw: integrated_gradients(prepared, x, y, **kw)
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The same architecture with batch-norm statistics and affine parameters like a trained net's."""
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+    return model.eval()
 
 
-def accuracy_lines(model, x, y, per_call) -> list[str]:
-    """igkd and Captum in float32 against each other and against a float64 computation."""
-    cap = captum_ig(model, x, y, 64, per_call)
-    fast = integrated_gradients(model, x, y)
-    exact = integrated_gradients(model, x, y, fold_bn=False, channels_last=False)
-    f64 = integrated_gradients(copy.deepcopy(model).double(), x.double(), y, fold_bn=False, channels_last=False)
-    return [
-        f"igkd default vs Captum {rel(fast, cap):.1e}; igkd exact (fold_bn=False, channels_last=False) "
-        f"vs Captum {rel(exact, cap):.1e}",
-        f"against float64: Captum {rel(cap, f64):.1e}, igkd default {rel(fast, f64):.1e}, "
-        f"igkd exact {rel(exact, f64):.1e}",
-    ]
+def errors(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Relative L2 error against the float64 reference: over the batch, and per image."""
+    d = (a.double() - ref).flatten(1)
+    r = ref.flatten(1)
+    per = (d.norm(dim=1) / r.norm(dim=1)).numpy()
+    return {"total": float(d.norm() / r.norm()), "median": float(np.median(per)),
+            "p90": float(np.percentile(per, 90)), "max": float(per.max())}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -199,13 +193,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the main rows")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the speed rows")
     ap.add_argument("--captum-batch", type=int, default=8, help="images per Captum call (authors: 8)")
     ap.add_argument("--sweep-images", type=int, default=16, help="images for Captum's batch-size sweep")
     ap.add_argument("--floor-samples", type=int, default=512, help="samples per floor measurement")
-    ap.add_argument("--f64-images", type=int, default=8, help="images for the float64 accuracy check")
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile row (slow to compile)")
     ap.add_argument("--no-tune-allocator", action="store_true")
-    ap.add_argument("--no-options", action="store_true", help="skip the rows of non-default options")
     args = ap.parse_args()
 
     if args.threads:
@@ -215,17 +208,19 @@ def main() -> None:
     model = cifar_mobilenet_v2().eval()
     for p in model.parameters():  # the plain model's passes compute no parameter gradients either
         p.requires_grad_(False)
+    teachers = {"at init": model, "trained-like BN": trained_like(model)}
     conv = CIFAR10.convention
-    x_u8 = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (args.images,))
-    x = conv.from_uint8(x_u8)
     n = args.images
-    print(f"# IG throughput: CIFAR MobileNetV2 (random weights, eval), {n} images 3x32x32, {N_STEPS} "
-          f"steps, float32, CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    g = torch.Generator().manual_seed(1)
+    x_u8 = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = conv.from_uint8(x_u8)
+    print(f"# IG speed and exactness: CIFAR MobileNetV2 teacher, {n} images 3x32x32, {N_STEPS} steps, "
+          f"float32, CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"allocator {'tuned' if tuned else 'default'}", flush=True)
 
-    # Sweeps that choose Captum's best internal_batch_size and the floors' best batch sizes.
+    # Captum's best internal_batch_size, from a sweep.
     xs, ys = x[:args.sweep_images], y[:args.sweep_images]
     captum_ig(model, xs[:args.captum_batch], ys[:args.captum_batch], BATCHES[0], args.captum_batch)
     sweep = {}
@@ -233,142 +228,116 @@ def main() -> None:
         dt, _ = timed(lambda ibs=ibs: captum_ig(model, xs, ys, ibs, args.captum_batch))
         sweep[ibs] = xs.shape[0] / dt
     best_ibs = max(sweep, key=sweep.get)
-    prepared = prepare_for_ig(model)
-    plain_sweep = floor_sweep(model, x, y, args.floor_samples // 2)
-    ig_sweep = floor_sweep(prepared.module, x, y, args.floor_samples // 2, True)
-    b_plain, b_ig = max(plain_sweep, key=plain_sweep.get), max(ig_sweep, key=ig_sweep.get)
-    for name, rates in (("Captum internal_batch_size", sweep), ("floor batch, plain model", plain_sweep),
-                        ("floor batch, IG model", ig_sweep)):
-        print(f"  sweep {name}: " + ", ".join(f"{k}: {v:.2f}" for k, v in rates.items()) + " img/s", flush=True)
-    integrated_gradients(model, x[:8], y[:8])  # warm-up of the remaining shapes
-    captum_ig(model, x[:args.captum_batch], y[:args.captum_batch], None, args.captum_batch)
+    print("  sweep Captum internal_batch_size: " + ", ".join(f"{k}: {v:.2f}" for k, v in sweep.items())
+          + " img/s", flush=True)
 
-    rows: dict[str, dict] = {}
-
-    def record(name, seconds, images=n, note="", rate=None):
-        r = rows.setdefault(name, {"rates": [], "peak": None, "note": note})
-        r["rates"].append(images / seconds if rate is None else rate)
-
-    def floor_at(module, b, cl, samples=args.floor_samples):
-        grad_passes(module, x, y, b, samples, cl)
-
-    igkd_row, cdef_row, cbest_row = "igkd (default settings)", "Captum default (ibs None)", f"Captum best (ibs {best_ibs})"
-    floor_row, ig_floor_row = f"floor: plain model (batch {b_plain})", f"floor: IG model (batch {b_ig})"
-    results = {}
-    for rnd in range(args.rounds):  # interleaved, so every row sees the same share of outside load
-        dt, results["igkd"] = timed(lambda: integrated_gradients(model, x, y, n_steps=N_STEPS))
-        record(igkd_row, dt, note="ibs auto (64), BN folded, channels-last")
-        dt, results["captum_best"] = timed(lambda: captum_ig(model, x, y, best_ibs, args.captum_batch))
-        record(cbest_row, dt, note=f"best of {list(BATCHES)}, {args.captum_batch} img/call")
-        dt, _ = timed(lambda: floor_at(model, b_plain, False))
-        record(floor_row, dt, rate=args.floor_samples / dt / N_STEPS, note="unmodified eval model")
-        dt, _ = timed(lambda: floor_at(prepared.module, b_ig, True))
-        record(ig_floor_row, dt, rate=args.floor_samples / dt / N_STEPS, note="BN folded, channels-last")
-        dt, results["captum_default"] = timed(lambda: captum_ig(model, x, y, None, args.captum_batch))
-        record(cdef_row, dt, note=f"{args.captum_batch} img/call = {args.captum_batch * N_STEPS} samples/pass")
-        print(f"  round {rnd + 1}/{args.rounds}: " + ", ".join(
-            f"{k.split(' (')[0]} {v['rates'][-1]:.2f}" for k, v in rows.items()), flush=True)
-
-    ref = results["igkd"]
-    rows[igkd_row]["err"] = rel(ref, results["captum_default"])
-    rows[cbest_row]["err"] = rel(results["captum_best"], results["captum_default"])
-    rows[cdef_row]["err"] = 0.0
-    # Peak memory, measured apart from the timings; memory depends on the pass size, not on N.
-    xm, ym = x[:args.captum_batch], y[:args.captum_batch]
-    rows[igkd_row]["peak"] = peak_heap_mb(lambda: integrated_gradients(model, xm, ym))
-    rows[cbest_row]["peak"] = peak_heap_mb(lambda: captum_ig(model, xm, ym, best_ibs, args.captum_batch))
-    rows[cdef_row]["peak"] = peak_heap_mb(lambda: captum_ig(model, xm, ym, None, args.captum_batch))
-    rows[floor_row]["peak"] = peak_heap_mb(lambda: floor_at(model, b_plain, False, b_plain))
-    rows[ig_floor_row]["peak"] = peak_heap_mb(lambda: floor_at(prepared.module, b_ig, True, b_ig))
-
-    # precompute_ig: the whole store path (chunks, delta, writes), timed at N images; its peak memory
-    # measured at N/2 and N images to show that it does not grow with N.
-    teacher_hash = state_dict_hash(model)
-
-    def precompute(m: int, tmp: str):
-        ds = ImageDataset("bench", x_u8[:m], y[:m], [str(i) for i in range(10)])
-        return precompute_ig(model, ds, conv, os.path.join(tmp, f"store{m}"), teacher_hash=teacher_hash,
-                             dtype="float32", chunk_size=16, progress=False,
-                             tune_allocator=not args.no_tune_allocator)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dt, res = timed(lambda: precompute(n, tmp))
-        name = f"precompute_ig, {n} images"
-        record(name, dt, note=f"chunks of 16, with delta and store writes; peak at {n // 2} images: "
-               f"{peak_heap_mb(lambda: precompute(n // 2, tmp)):.0f} MB")
-        rows[name]["peak"] = peak_heap_mb(lambda: precompute(n, tmp + "/again"))
-        rows[name]["map_err"] = rel(res.store.get(torch.arange(n)), attribution_map(ref))
-
-    # Non-default options: speed and error against igkd's 50-step float32.
-    options = [] if args.no_options else [
-        ("n_steps=25", dict(n_steps=25)),
-        ("n_steps=10", dict(n_steps=10)),
-        ("riemann_trapezoid", dict(method="riemann_trapezoid")),
-        ("riemann_middle", dict(method="riemann_middle")),
-        ("riemann_left", dict(method="riemann_left")),
-        ("riemann_right", dict(method="riemann_right")),
-        ("fold_bn=False", dict(fold_bn=False)),
-        ("channels_last=False", dict(channels_last=False)),
-        ("no fold, not channels-last", dict(fold_bn=False, channels_last=False)),
-        ("internal_batch_size=128", dict(internal_batch_size=128)),
-        ("internal_batch_size=32", dict(internal_batch_size=32)),
+    # Every row: a function of (model, x, y) -> attributions; its name and whether it is timed in rounds.
+    rows: list[tuple[str, Callable, str]] = [
+        ("igkd default", lambda m, a, b: integrated_gradients(m, a, b),
+         "unfolded, contiguous, ibs auto (32)"),
+        (f"Captum best (ibs {best_ibs})", lambda m, a, b: captum_ig(m, a, b, best_ibs, args.captum_batch),
+         f"best of {list(BATCHES)}, {args.captum_batch} img/call"),
+        ("Captum default (ibs None)", lambda m, a, b: captum_ig(m, a, b, None, args.captum_batch),
+         f"{args.captum_batch} img/call = {args.captum_batch * N_STEPS} samples/pass"),
+        ("option fold_bn + channels_last", lambda m, a, b: integrated_gradients(m, a, b, fold_bn=True,
+                                                                                 channels_last=True),
+         "the previous default"),
+        ("option fold_bn", lambda m, a, b: integrated_gradients(m, a, b, fold_bn=True), "BN folded, contiguous"),
+        ("option channels_last", lambda m, a, b: integrated_gradients(m, a, b, channels_last=True),
+         "unfolded, channels-last"),
+        ("option internal_batch_size=64", lambda m, a, b: integrated_gradients(m, a, b, internal_batch_size=64),
+         "the pass size the previous default meant"),
+        ("option internal_batch_size=21", lambda m, a, b: integrated_gradients(m, a, b, internal_batch_size=21),
+         "the previous default's actual pass size (channels counted as pixels)"),
+        ("option n_steps=25", lambda m, a, b: integrated_gradients(m, a, b, n_steps=25), "changes the integral"),
+        ("option riemann_trapezoid", lambda m, a, b: integrated_gradients(m, a, b, method="riemann_trapezoid"),
+         "changes the integral"),
     ]
-    ref_map = attribution_map(ref)
-    for name, kw in options:
-        dt, a = timed(lambda kw=kw: integrated_gradients(model, x, y, **kw))
-        record(f"option {name}", dt)
-        rows[f"option {name}"]["err"] = rel(a, ref)
-        rows[f"option {name}"]["map_err"] = rel(attribution_map(a), ref_map)
-        rows[f"option {name}"]["peak"] = peak_heap_mb(lambda kw=kw: integrated_gradients(model, xm, ym, **kw))
-    rows["option autocast=True"] = {"rates": [], "peak": None, "note": "CUDA only; not measurable on CPU"}
+    if args.compile:
+        compiled = {name: compiled_ig(t) for name, t in teachers.items()}
+        rows.append(("option torch.compile", None, "inductor, dynamic=False, on the BN-folded model"))
+
+    def run(name, fn, teacher_name, a, b):
+        if fn is None:
+            return compiled[teacher_name](a, b)
+        return fn(teachers[teacher_name], a, b)
+
+    # Speed: interleaved rounds on the teacher at init, so every row sees the same outside load.
+    integrated_gradients(model, x[:8], y[:8])  # warm-up of the shapes
+    if args.compile:
+        t0 = time.perf_counter()
+        run("option torch.compile", None, "at init", x[:8], y[:8])
+        run("option torch.compile", None, "at init", x, y)
+        print(f"  torch.compile warm-up (compilation): {time.perf_counter() - t0:.0f} s", flush=True)
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    outs: dict[str, torch.Tensor] = {}
+    floor = []
+    timed_rows = rows[:5] + ([rows[-1]] if args.compile else [])
+    for rnd in range(args.rounds):
+        for name, fn, _ in timed_rows:
+            dt, outs[name] = timed(lambda name=name, fn=fn: run(name, fn, "at init", x, y))
+            rates[name].append(n / dt)
+        dt, _ = timed(lambda: grad_passes(model, x, y, 64, args.floor_samples))
+        floor.append(args.floor_samples / dt / N_STEPS)
+        print(f"  round {rnd + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {v[-1]:.2f}" for k, v in rates.items() if v) + f", floor {floor[-1]:.2f}", flush=True)
+    for name, fn, _ in rows:
+        if not rates[name]:
+            dt, outs[name] = timed(lambda name=name, fn=fn: run(name, fn, "at init", x, y))
+            rates[name].append(n / dt)
+
+    # Exactness: every row against float64 IG (50 steps, unfolded, contiguous) on both teachers.
+    errs: dict[tuple[str, str], dict[str, float]] = {}
+    for tname, teacher in teachers.items():
+        t0 = time.perf_counter()
+        ref = integrated_gradients(copy.deepcopy(teacher).double(), x.double(), y, fold_bn=False,
+                                   internal_batch_size=64).double()
+        print(f"  float64 reference, {tname}: {time.perf_counter() - t0:.0f} s", flush=True)
+        for name, fn, _ in rows:
+            a = outs[name] if tname == "at init" else run(name, fn, tname, x, y)
+            errs[(name, tname)] = errors(a, ref)
+
+    # precompute_ig: the whole store path (chunks, delta, writes) at the default settings.
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = ImageDataset("bench", x_u8, y, [str(i) for i in range(10)])
+        identity = StoreIdentity.of(ds, state_dict_hash(model), conv)
+        dt, _ = timed(lambda: precompute_ig(model, ds, Path(tmp) / "s", identity,
+                                            IGOptions(chunk_size=16, dtype="float32"), progress=False))
+        precompute_rate = n / dt
 
     # -- the table ------------------------------------------------------------------------------
-    best = {k: max(v["rates"]) if v["rates"] else None for k, v in rows.items()}
-    med = {k: statistics.median(v["rates"]) if v["rates"] else None for k, v in rows.items()}
+    best = {k: max(v) for k, v in rates.items()}
+    base = best["igkd default"]
     print()
-    print(f"| {'row':<34} | {'best':>6} | {'median':>6} | {'vs igkd':>7} | {'rel err':>8} | {'map err':>8} | "
-          f"{'peak MB':>7} | note")
-    print(f"|{'-' * 36}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 9}|------")
-    for k, v in rows.items():
-        b, m = best[k], med[k]
-        err = f"{v['err']:.1e}" if "err" in v else ""
-        map_err = f"{v['map_err']:.1e}" if "map_err" in v else ""
-        peak = f"{v['peak']:.0f}" if v["peak"] else ""
-        multi = len(v["rates"]) > 1
-        print(f"| {k:<34} | {f'{b:.2f}' if b else 'n/a':>6} | {f'{m:.2f}' if multi else '':>6} | "
-              f"{f'{b / best[igkd_row]:.2f}x' if b else '':>7} | {err:>8} | {map_err:>8} | {peak:>7} | {v['note']}")
-    print(f"img/s; best and median of {args.rounds} interleaved rounds for the first five rows (one run for the "
-          "others); 'vs igkd' from best. rel err: ||a - b|| / ||b|| of the attributions, against Captum default "
-          "for igkd and Captum rows, against igkd's 50-step float32 for option rows; map err: the same on the "
-          "maps (precompute rows: store against a direct call). peak MB: C heap in use (separate untimed run).")
+    print("| row | img/s (best) | vs igkd | vs Captum best | err at init: total / median / p90 / max "
+          "| err trained-like BN: total / median / p90 / max | note |")
+    print("|---|---:|---:|---:|---|---|---|")
+    cbest = best[f"Captum best (ibs {best_ibs})"]
+    for name, _, note in rows:
+        cells = []
+        for tname in teachers:
+            e = errs[(name, tname)]
+            cells.append(" / ".join(f"{e[k]:.1e}" for k in ("total", "median", "p90", "max")))
+        print(f"| {name} | {best[name]:.2f} | {best[name] / base:.2f}x | {best[name] / cbest:.2f}x | "
+              f"{cells[0]} | {cells[1]} | {note} |")
+    print(f"| floor: 50 plain forward+input-gradient passes (batch 64) | {max(floor):.2f} | "
+          f"{max(floor) / base:.2f}x | {max(floor) / cbest:.2f}x | | | unmodified eval model |")
+    print(f"| precompute_ig (default options, chunks of 16) | {precompute_rate:.2f} | {precompute_rate / base:.2f}x "
+          f"| {precompute_rate / cbest:.2f}x | | | with delta and store writes |")
+    print(f"img/s: best of {args.rounds} interleaved rounds for the first five rows (and torch.compile), one run "
+          "for the others. err: relative L2 error ||a - f64|| / ||f64|| of the attributions against float64 IG "
+          f"(50 steps, Gauss-Legendre) over all {n} images (total) and per image (median, 90th percentile, max).")
 
-    err = rows[igkd_row]["err"]
     print()
-    print("targets (from best-of-rounds; the median-based ratio in brackets):")
-    for what, key, goal in ((">= 1.5x Captum best", cbest_row, 1.5), (">= 5x Captum default", cdef_row, 5.0)):
-        ratio, ratio_med = best[igkd_row] / best[key], med[igkd_row] / med[key]
-        print(f"  igkd {what:<40} {ratio:6.2f}x ({ratio_med:.2f}x)  {'met' if ratio >= goal else 'NOT met'}")
-    slow, slow_med = best[floor_row] / best[igkd_row], med[floor_row] / med[igkd_row]
-    print(f"  igkd {'within 1.15x of the floor (plain model)':<40} {slow:6.2f}x ({slow_med:.2f}x)  "
-          f"{'met' if slow <= 1.15 else 'NOT met'}  (time igkd / time floor)")
-    print(f"  igkd {'rel diff vs Captum <= 1e-4':<40} {err:7.1e}          {'met' if err <= 1e-4 else 'NOT met'}")
-    slow_ig = best[ig_floor_row] / best[igkd_row]
-    print(f"  (info) igkd vs the floor of its own prepared model: {slow_ig:.2f}x ({med[ig_floor_row] / med[igkd_row]:.2f}x)")
+    print("targets for the default:")
+    cap = f"Captum best (ibs {best_ibs})"
+    for tname in teachers:
+        ratio = errs[("igkd default", tname)]["total"] / errs[(cap, tname)]["total"]
+        print(f"  total error within 1.5x of Captum's, {tname}: {ratio:.2f}x  {'met' if ratio <= 1.5 else 'NOT met'}")
+    speed = base / cbest
+    print(f"  speed >= 1.5x Captum best: {speed:.2f}x  {'met' if speed >= 1.5 else 'NOT met'}"
+          f"  (stretch 2x: {'met' if speed >= 2 else 'NOT met'})")
     print(f"process peak resident set: {_process_peak_mb():.0f} MB")
-
-    # float32 rounding in a deep ReLU6 net flips units near their kinks: any change of conv algorithm
-    # (layout, folding) moves the attributions by about as much as float32 itself does.
-    k = args.f64_images
-    print()
-    print(f"accuracy context, first {k} images, 50 steps (rel err ||a - b|| / ||b||):")
-    for line in accuracy_lines(model, x[:k], y[:k], args.captum_batch):
-        print(f"  benchmark teacher (random init): {line}")
-    if (REFERENCE / STUDENT).exists():
-        student = truncated_student(cifar_mobilenet_v2(), 5)
-        student.load_state_dict(torch.load(REFERENCE / STUDENT, map_location="cpu"), strict=True)
-        student.eval()
-        for line in accuracy_lines(student, x[:k], y[:k], args.captum_batch):
-            print(f"  trained k=5 reference student:   {line}")
 
 
 if __name__ == "__main__":

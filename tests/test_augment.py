@@ -150,3 +150,48 @@ def test_overlay_p_zero_and_bad_arguments():
         ig_overlay(images, torch.rand(8, 3, 3), 1.5, torch.Generator())
     with pytest.raises(ValueError):
         ig_overlay(images, torch.rand(8, 3, 3), 0.1, torch.Generator(), power_range=(0.0, 2.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlay order: normalise the whole map, then crop and flip it with its image (METHOD.md step 4)
+
+
+def test_overlay_then_crop_equals_crop_then_overlay_for_the_same_draws():
+    from igkd.data.augment import augment_batch, blend, draw_crop_flip, draw_overlay, normalize_maps
+
+    b, c = 64, 3
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, c, H, W, generator=g)
+    maps = torch.rand(b, H, W, generator=g) * 5
+    seed = 123
+    gen = torch.Generator().manual_seed(seed)
+    cf = draw_crop_flip(b, H, W, PAD, gen)
+    draw = draw_overlay(b, 0.5, gen, (1.0, 2.0))
+    idx = draw.index
+    assert 0 < idx.numel() < b
+    # overlay the full images, then crop and flip the result
+    full = images.index_copy(0, idx, blend(images[idx], normalize_maps(maps[idx], draw.exponents[idx])))
+    overlay_then_crop = cf.apply(full)
+    # crop and flip first (image and normalised map alike), then blend: what training does
+    crop_then_overlay = augment_batch(images, maps, torch.Generator().manual_seed(seed), PAD, True, 0.5)
+    assert torch.equal(overlay_then_crop, crop_then_overlay)
+    unchosen = torch.ones(b, dtype=torch.bool)
+    unchosen[idx] = False
+    assert torch.equal(crop_then_overlay[unchosen], cf.apply(images)[unchosen])
+
+
+def test_overlay_normalises_the_whole_map_not_the_crop():
+    from igkd.data.augment import augment_batch
+
+    images = torch.zeros(1, 1, H, W)
+    maps = torch.ones(1, H, W)
+    maps[0, 0, 0] = 3.0  # the peak sits in a corner that a shifted crop can cut away
+    for seed in range(200):
+        gen = torch.Generator().manual_seed(seed)
+        out = augment_batch(images, maps, gen, PAD, flip=False, overlay_p=1.0, power_range=(1.0, 1.0))
+        if out[0, 0].max() < 0.5 - 1e-6:  # the peak (blended to 0.5) was cropped away
+            break
+    else:
+        pytest.fail("no draw cropped the peak away")
+    # the remaining ones were normalised by the whole map: (1 - 1) / (3 - 1) = 0, not 1 (crop's own max)
+    assert out.max() == 0.0

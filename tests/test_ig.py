@@ -17,7 +17,7 @@ from igkd.attribution import (
     prepare_for_ig,
     quadrature,
 )
-from igkd.attribution.ig import _runs
+from igkd.attribution.ig import _runs, default_internal_batch_size
 from igkd.models import cifar_mobilenet_v2
 
 
@@ -204,3 +204,11 @@ def test_cuda_matches_cpu():
     assert rel(gpu.cpu(), cpu) <= 1e-4
     half = integrated_gradients(copy.deepcopy(net).cuda(), x.cuda(), 1, n_steps=20, autocast=True)
     assert rel(half.cpu(), cpu) <= 5e-2
+
+
+def test_default_internal_batch_size_counts_pixels_not_channels():
+    cpu = torch.device("cpu")
+    assert default_internal_batch_size((8, 3, 32, 32), cpu) == 32  # what the docstring promises for CIFAR
+    assert default_internal_batch_size((8, 1, 32, 32), cpu) == 32  # channels do not count
+    assert default_internal_batch_size((8, 1, 28, 28), cpu) == 42
+    assert default_internal_batch_size((8, 3, 64, 64), cpu) == 8

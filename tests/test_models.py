@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,14 @@ def test_state_dict_hash_tracks_weights():
     with torch.no_grad():
         t.classifier[1].bias[0] += 1e-3
     assert state_dict_hash(t) != h
+
+
+def test_student_head_has_pytorchs_default_linear_init():
+    """The authors' students used nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    s = truncated_student(cifar_mobilenet_v2(), 5)
+    w = s.classifier[1].weight.detach()
+    bound = 1 / math.sqrt(w.shape[1])
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.05 * bound  # uniform, not normal(0, 0.01)
+    assert s.classifier[1].bias.abs().max() > 0

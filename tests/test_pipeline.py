@@ -43,7 +43,7 @@ def test_demo_prints_a_table_of_real_runs(demo_dir, capsys):
 def test_ig_store_matches_teacher_and_data(demo_dir):
     from igkd.attribution import MapStore
 
-    (store_dir,) = [p for p in demo_dir.iterdir() if p.name.startswith("ig-")]
+    (store_dir,) = list((demo_dir / "ig").iterdir())
     store = MapStore.open(store_dir)
     assert store.shape == (600, 28, 28)
     assert store.meta["n_steps"] == 50 and store.meta["method"] == "gausslegendre"
@@ -53,7 +53,7 @@ def test_ig_store_matches_teacher_and_data(demo_dir):
 
 
 def test_stale_store_is_refused(demo_dir, capsys, tmp_path):
-    (store_dir,) = [p for p in demo_dir.iterdir() if p.name.startswith("ig-")]
+    (store_dir,) = list((demo_dir / "ig").iterdir())
     (teacher_dir,) = list(demo_dir.glob("teacher-*"))
     base = [*SMALL, f"teacher.checkpoint={teacher_dir / 'model.pt'}", f"ig.store={store_dir}"]
     code = main(["distill", "-c", "cpu-fashion-mnist", "-m", "kd_ig", "--out", str(tmp_path / "a"),

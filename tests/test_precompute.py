@@ -18,11 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from igkd.attribution import MapStore, finalize_store, precompute_ig
+from igkd.attribution import MapStore, finalize_store
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
-from igkd.errors import StaleStoreError
+from igkd.errors import ConfigError, StaleStoreError
 from igkd.models import cifar_mobilenet_v2
+
+from .helpers import run_precompute
 
 N_IMAGES, CHUNK = 24, 3
 N_CHUNKS = N_IMAGES // CHUNK
@@ -31,7 +33,7 @@ WORKER = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from igkd.attribution import precompute_ig
+from igkd.attribution import IGOptions, StoreIdentity, precompute_ig
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
 from igkd.models import cifar_mobilenet_v2
@@ -41,8 +43,8 @@ data = torch.load(cfg["data"])
 ds = ImageDataset("synthetic", data["x"], data["y"], ["a", "b", "c"])
 model = cifar_mobilenet_v2(num_classes=3, width_mult=0.25)
 model.load_state_dict(torch.load(cfg["model"]))
-res = precompute_ig(model.eval(), ds, InputConvention((0.5,) * 3, (0.25,) * 3), cfg["store"],
-                    teacher_hash="test", n_steps=4, chunk_size=cfg["chunk"], dtype="float32",
+identity = StoreIdentity.of(ds, "test", InputConvention((0.5,) * 3, (0.25,) * 3), n_steps=4)
+res = precompute_ig(model.eval(), ds, cfg["store"], identity, IGOptions(chunk_size=cfg["chunk"], dtype="float32"),
                     rank=cfg.get("rank"), world_size=cfg.get("world_size"), progress=False,
                     on_chunk_done=lambda c: time.sleep(cfg.get("delay", 0)))
 print(json.dumps({"computed": res.computed, "skipped": res.skipped, "complete": res.complete}))
@@ -148,7 +150,7 @@ def _linear_store(tmp_path: Path, n: int = 10, chunk: int = 3, **kw):
     ds = ImageDataset("synthetic", x, torch.randint(0, 3, (n,)), ["a", "b", "c"])
     conv = InputConvention((0.5,) * 3, (0.25,) * 3)
     base = {"teacher_hash": "h", "n_steps": 4, "chunk_size": chunk, "progress": False, **kw}
-    return lambda path, **more: precompute_ig(model, ds, conv, path, **{**base, **more})
+    return lambda path, **more: run_precompute(model, ds, conv, path, **{**base, **more})
 
 
 def test_finalisation_refuses_missing_doubled_and_misplaced_chunks(tmp_path):
@@ -206,7 +208,7 @@ def test_rank_and_world_size_from_torchrun_environment(tmp_path, monkeypatch):
     # A resumed run with another world size skips what is done and changes nothing.
     res = run(tmp_path / "s", rank=0, world_size=1)
     assert res.computed == [] and res.complete
-    with pytest.raises(ValueError, match="rank"):
+    with pytest.raises(ConfigError, match="rank"):
         run(tmp_path / "t", rank=2, world_size=2)
 
 

@@ -10,16 +10,18 @@ from torch import nn
 
 from igkd.attribution import (
     MapStore,
+    StoreIdentity,
     attribution_map,
     baseline_tensor,
     finalize_store,
     integrated_gradients,
-    precompute_ig,
 )
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
-from igkd.errors import StaleStoreError
+from igkd.errors import NumericalError, StaleStoreError
 from igkd.models import cifar_mobilenet_v2, state_dict_hash
+
+from .helpers import run_precompute
 
 CONV = InputConvention((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
 
@@ -44,17 +46,17 @@ def known_map(model: nn.Module, ds: ImageDataset, positions: torch.Tensor, basel
     return ((x - b) * w).abs().sum(1)
 
 
-def expect(ds, model, **over):
+def expect(ds, model, **over) -> StoreIdentity:
     e = {"dataset": ds.name, "fingerprint": ds.fingerprint(), "teacher_hash": state_dict_hash(model),
-         "n_steps": 8, "method": "gausslegendre", "baseline": "zeros-normalized", "convention": CONV.to_dict()}
+         "n_steps": 8, "method": "gausslegendre", "baseline": "zeros-normalized", "convention": CONV}
     e.update(over)
-    return e
+    return StoreIdentity(**e)
 
 
 @pytest.mark.parametrize("baseline", ["zeros-normalized", "black"])
 def test_index_alignment_through_a_shuffled_batch(tmp_path, baseline):
     ds, model = dataset(), linear_model()
-    res = precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash=state_dict_hash(model), n_steps=8,
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash=state_dict_hash(model), n_steps=8,
                         baseline=baseline, dtype="float32", chunk_size=7, progress=False)
     assert res.complete and res.computed == [0, 1, 2, 3, 4]
     store = MapStore.open(tmp_path / "s", expect=expect(ds, model, baseline=baseline))
@@ -74,7 +76,7 @@ def test_round_trip_float16_and_metadata(tmp_path):
     model = cifar_mobilenet_v2(num_classes=3, width_mult=0.25).eval()
     with torch.no_grad():
         model.classifier[1].weight.normal_(0, 1.0)  # outputs of order 1, so float16 keeps the maps
-    res = precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="t" * 64, n_steps=8, chunk_size=4,
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="t" * 64, n_steps=8, chunk_size=4,
                         progress=False)
     store = res.store
     assert store is not None and store.maps.dtype == np.float16 and store.shape == (10, 8, 8)
@@ -86,7 +88,10 @@ def test_round_trip_float16_and_metadata(tmp_path):
     assert meta["convention"] == CONV.to_dict() | {"mean": list(CONV.mean), "std": list(CONV.std)}
     assert (meta["n_steps"], meta["method"], meta["dtype"], meta["shape"]) == (8, "gausslegendre", "float16",
                                                                              [10, 8, 8])
-    assert {"mean_abs", "max_abs", "mean_rel"} <= set(meta["delta"]) and meta["delta"]["images"] == 10
+    assert meta["delta"]["images"] == 10
+    for kind in ("abs", "scaled"):  # percentiles, not a mean driven by a few images
+        d = meta["delta"][kind]
+        assert 0 <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"] < 1e-3
     assert store.get([3]).shape == (1, 8, 8)
     with pytest.raises(IndexError):
         store.get(torch.tensor([10]))
@@ -94,7 +99,7 @@ def test_round_trip_float16_and_metadata(tmp_path):
     again = pickle.loads(pickle.dumps(store))
     assert torch.equal(again.get(torch.arange(10)), store.get(torch.arange(10)))
     # Running precompute again on a complete store does nothing.
-    assert precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="t" * 64, n_steps=8, chunk_size=4,
+    assert run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="t" * 64, n_steps=8, chunk_size=4,
                          progress=False).computed == []
 
 
@@ -104,11 +109,11 @@ def test_round_trip_float16_and_metadata(tmp_path):
     ("n_steps", 20),
     ("method", "riemann_trapezoid"),
     ("baseline", "black"),
-    ("convention", InputConvention((0.5,) * 3, (0.5,) * 3).to_dict()),
+    ("convention", InputConvention((0.5,) * 3, (0.5,) * 3)),
 ])
 def test_stale_store_is_refused(tmp_path, key, value):
     ds, model = dataset(n=6), linear_model()
-    precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash=state_dict_hash(model), n_steps=8,
+    run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash=state_dict_hash(model), n_steps=8,
                   chunk_size=4, progress=False)
     MapStore.open(tmp_path / "s", expect=expect(ds, model))  # the right expectation opens it
     with pytest.raises(StaleStoreError, match=f"stale.*{key}.*precompute-ig") as err:
@@ -118,13 +123,13 @@ def test_stale_store_is_refused(tmp_path, key, value):
 
 def test_stale_store_for_another_dataset(tmp_path):
     ds, model = dataset(n=6), linear_model()
-    precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, progress=False)
+    run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, progress=False)
     other = dataset(n=6, seed=1)
     with pytest.raises(StaleStoreError, match="fingerprint"):
-        MapStore.open(tmp_path / "s", expect={"dataset_fingerprint": other.fingerprint()})
+        MapStore.open(tmp_path / "s", expect=StoreIdentity.of(other, "a", CONV, n_steps=8))
     # precompute into a store made with other settings is refused too, not silently mixed
     with pytest.raises(StaleStoreError, match="other settings.*teacher_hash"):
-        precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="b", n_steps=8, progress=False)
+        run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="b", n_steps=8, progress=False)
 
 
 def test_incomplete_store_is_refused(tmp_path):
@@ -134,7 +139,7 @@ def test_incomplete_store_is_refused(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=4,
+        run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=4,
                       progress=False, on_chunk_done=stop_after_first)
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
     assert meta["complete"] is False and (tmp_path / "s" / "maps.npy").exists()
@@ -144,7 +149,41 @@ def test_incomplete_store_is_refused(tmp_path):
         finalize_store(tmp_path / "s")
     with pytest.raises(StaleStoreError, match="no IG map store"):
         MapStore.open(tmp_path / "nowhere")
-    res = precompute_ig(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=4,
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=4,
                         progress=False)
     assert res.computed == [1, 2] and res.skipped == [0] and res.complete
     MapStore.open(tmp_path / "s")
+
+
+def test_maps_beyond_float16_need_and_keep_float32(tmp_path):
+    from igkd.data.augment import augment_batch
+
+    ds, model = dataset(n=6), linear_model()
+    with torch.no_grad():
+        model[1].weight.mul_(1e7)  # maps far above float16's 65504
+    with pytest.raises(NumericalError, match="float16 range.*ig.dtype=float32"):
+        run_precompute(model, ds, CONV, tmp_path / "h", teacher_hash="a", n_steps=8)
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, dtype="float32")
+    maps = res.store.load_all()
+    assert maps.dtype == torch.float32 and maps.max() > 65504 and torch.isfinite(maps).all()
+    x = augment_batch(ds.x.float() / 255, maps, torch.Generator().manual_seed(0), 1, True, overlay_p=1.0)
+    assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def test_non_finite_maps_are_refused_at_write_and_load(tmp_path):
+    from igkd.attribution import StoreWriter
+
+    ds, model = dataset(n=6), linear_model()
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=3)
+    writer = StoreWriter.open(tmp_path / "s")
+    bad = np.full((3, 4, 4), np.inf, dtype=np.float16)
+    with pytest.raises(NumericalError, match="positions 0..2 hold inf or NaN"):
+        writer.write_chunk(0, bad, {})
+    assert torch.isfinite(res.store.load_all()).all()  # nothing was written
+    # a file changed after finalisation is refused on load, never used
+    maps = np.load(tmp_path / "s" / "maps.npy", mmap_mode="r+")
+    maps[1, 2, 3] = np.nan
+    maps.flush()
+    del maps
+    with pytest.raises(StaleStoreError, match="does not match the sha256"):
+        MapStore.open(tmp_path / "s").load_all()

@@ -71,6 +71,48 @@ def cmd_demo(args) -> None:
     run_demo(_config(args), args.out, methods=args.methods.split(","))
 
 
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_checkpoint, format_evaluation
+
+    r = evaluate_checkpoint(_config(args), args.checkpoint, input_convention=args.input_convention,
+                            imagenet=args.imagenet, keep_teacher_correct=args.keep_teacher_correct,
+                            json_out=args.json)
+    print(format_evaluation(r))
+    if args.json:
+        print(f"\nwritten to {args.json}")
+
+
+def _study(args, kind: str, depths: list[int] | None) -> None:
+    from .experiments.report import write_report
+    from .experiments.study import StudyPlan, run_study
+
+    cfg = _config(args)
+    depths = depths or [cfg.student.remove_blocks]
+    plan = StudyPlan(kind, [m.strip() for m in args.methods.split(",") if m.strip()], args.runs, depths,
+                     paired=not args.unpaired, train_fraction=args.fraction, seed=args.seed)
+    rows = run_study(cfg, plan, args.out, workers=args.workers, threads_per_run=args.threads_per_run,
+                     address=args.address)
+    html, md = write_report(args.out)
+    print(f"{len(rows)} runs in {args.out}/results.csv; report: {html} and {md}")
+
+
+def cmd_montecarlo(args) -> None:
+    _study(args, "montecarlo", None if args.remove_blocks is None else [args.remove_blocks])
+
+
+def cmd_sweep(args) -> None:
+    from .experiments.study import parse_depths
+
+    _study(args, "sweep", parse_depths(args.remove_blocks))
+
+
+def cmd_report(args) -> None:
+    from .experiments.report import write_report
+
+    html, md = write_report(args.dir)
+    print(f"report: {html} (open in a browser) and {md}")
+
+
 def cmd_compression_table(args) -> None:
     from .reporting import compression_table
 
@@ -107,6 +149,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="runs/demo", help="where runs are kept and reused (default: runs/demo)")
     p.add_argument("--methods", default="student,kd,kd_ig", help="comma-separated methods")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="accuracy, balanced accuracy, kappa, per-class accuracy and confusion "
+                       "matrix of a teacher or student checkpoint")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="a state dict (model.pt, best.pt) or training checkpoint")
+    p.add_argument("--input-convention", default="normalized", choices=("normalized", "pixels01"),
+                   help="what the model was trained on: igkd's normalised input (default) or un-normalised "
+                   "pixels in [0, 1] (the authors' reference students)")
+    p.add_argument("--imagenet", metavar="PATH", help="evaluate on the ImageNet classes mapped onto CIFAR-10 "
+                   "(downsampled val_data file/folder, or a folder of WordNet-id folders) instead of the test set")
+    p.add_argument("--keep-teacher-correct", action="store_true",
+                   help="with --imagenet: keep only images that teacher.checkpoint classifies correctly")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    for name, helptext in (("montecarlo", "N paired runs per method on fresh stratified subsets, statistics, report"),
+                           ("sweep", "the same over several student depths (compression factors)")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--methods", default="student,kd,kd_ig",
+                       help="comma-separated methods; controls: kd_ig+unrelated_maps, kd_ig+noise_maps")
+        p.add_argument("--runs", type=int, default=10, help="runs per method (and depth)")
+        p.add_argument("--out", "-o", required=True, help="study directory (rerun the command to resume)")
+        p.add_argument("--fraction", type=float, default=0.8,
+                       help="stratified fraction of the training split each run trains on (paper: 0.8)")
+        p.add_argument("--unpaired", action="store_true",
+                       help="give every run its own seed (default: run i of every method shares seed, "
+                       "subset, initialisation and augmentation draws)")
+        p.add_argument("--seed", type=int, default=0, help="the study's seed; every run's seed derives from it")
+        p.add_argument("--workers", type=int, default=None,
+                       help="parallel runs on a local Ray instance (default: as many as the CPUs allow); "
+                       "1 runs them one by one in this process, without Ray")
+        p.add_argument("--threads-per-run", type=int, default=None, help="CPU threads of each run (Ray: 1)")
+        p.add_argument("--address", help="a Ray cluster's address (data and --out on a shared file system)")
+        if name == "sweep":
+            p.add_argument("--remove-blocks", default="paper",
+                           help="depths k to compare: 'paper' (3,5,...,17) or a list like 3,5,7")
+            p.set_defaults(func=cmd_sweep)
+        else:
+            p.add_argument("--remove-blocks", type=int, default=None, help="the student's k (default: config)")
+            p.set_defaults(func=cmd_montecarlo)
+
+    p = sub.add_parser("report", help="report.html and report.md of a study directory, from its result files")
+    p.add_argument("dir", help="a study directory (montecarlo or sweep)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compression-table", help="parameters, compression factor and MACs per student depth")
     _add_config_args(p, default="paper-cifar10")

@@ -14,18 +14,8 @@ from .config import METHODS, Config
 from .distill.methods import MethodSpec
 from .errors import ConfigError
 from .fileio import write_json
-from .pipeline import distill, precompute, train_teacher
+from .pipeline import distill, precompute, run_or_reuse, train_teacher
 from .reporting import format_table
-from .runs import RunDir
-
-
-def _run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str) -> dict:
-    run = RunDir(out)
-    if run.complete and run.saved_config() is not None and run.saved_config().to_dict() == cfg.to_dict():
-        print(f"{step} {label}: reusing {out}", flush=True)
-        return run.summary()
-    print(f"{step} {label}: training -> {out}", flush=True)
-    return fn(cfg, out, resume=run.checkpoint.is_file())
 
 
 def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
@@ -38,20 +28,20 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     teacher_cfg = copy.deepcopy(cfg)
     teacher_cfg.teacher.checkpoint = None
     teacher_dir = out / f"teacher-{teacher_cfg.digest('data', 'teacher', 'teacher_train', 'augment')}"
-    teacher = _run_or_reuse(teacher_dir, teacher_cfg, train_teacher, "teacher", f"[1/{n_steps}]")
+    teacher = run_or_reuse(teacher_dir, teacher_cfg, train_teacher, "teacher", f"[1/{n_steps}]")
 
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher_dir / "model.pt")
-    if not cfg.ig.store:
-        cfg.ig.store = str(out / f"ig-{teacher['teacher_hash'][:10]}-{cfg.digest('data', 'ig')}")
+    if not cfg.ig.store and not cfg.ig.cache_dir:
+        cfg.ig.cache_dir = str(out / "ig")
     if any(MethodSpec.parse(m).ig for m in methods):
-        print(f"[2/{n_steps}] IG maps of {cfg.data.train_size or 'all'} training images -> {cfg.ig.store}", flush=True)
-        precompute(cfg)
+        print(f"[2/{n_steps}] IG maps of {cfg.data.train_size or 'all'} training images", flush=True)
+        print(f"      -> {precompute(cfg).path}", flush=True)
     summaries = []
     for i, method in enumerate(methods):
         mcfg = copy.deepcopy(cfg)
         mcfg.distill.method = method
-        summaries.append(_run_or_reuse(out / f"{method}-{mcfg.digest()}", mcfg, distill, method,
+        summaries.append(run_or_reuse(out / f"{method}-{mcfg.digest()}", mcfg, distill, method,
                                        f"[{3 + i}/{n_steps}]"))
     wall = time.perf_counter() - t0
 

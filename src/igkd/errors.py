@@ -24,3 +24,7 @@ class ConfigError(IgkdError):
 
 class CheckpointError(IgkdError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+class NumericalError(IgkdError):
+    """A value that cannot be right: a non-finite loss, an IG map with inf or NaN, an overflow."""

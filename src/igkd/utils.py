@@ -1,10 +1,13 @@
-"""Small shared helpers: seeds and devices."""
+"""Small shared helpers: seeds, devices and threads, progress bars."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
+
+from .errors import ConfigError
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -13,12 +16,28 @@ def derive_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; a bare ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``."""
+    if str(name) == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError(f"train.device={name} but no CUDA device is available; use auto or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} was asked for but no CUDA device is available; use auto or cpu")
+        if device.index is None and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def setup_device(device: str, threads: int | None = None) -> torch.device:
+    """The one place a command picks its device and its CPU thread count."""
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def progress_bar(iterable=None, *, enabled: bool | None = None, **kwargs):
+    """A tqdm bar; ``enabled=None`` shows it only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None if enabled is None else not enabled, dynamic_ncols=True, **kwargs)

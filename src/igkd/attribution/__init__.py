@@ -1,5 +1,6 @@
 """Batched integrated gradients and the index-aligned, memory-mapped IG map store."""
 
+from .identity import BASELINES, StoreIdentity, baseline_spec
 from .ig import (
     SUPPORTED_METHODS,
     PreparedModel,
@@ -11,16 +12,18 @@ from .ig import (
     quadrature,
     tune_cpu_allocator,
 )
-from .precompute import PrecomputeResult, baseline_tensor, finalize_store, precompute_ig
-from .store import BASELINES, IDENTITY_KEYS, MapStore, baseline_spec
+from .precompute import IGOptions, PrecomputeResult, baseline_tensor, precompute_ig
+from .store import MapStore, StoreWriter, finalize_store
 
 __all__ = [
     "BASELINES",
-    "IDENTITY_KEYS",
     "SUPPORTED_METHODS",
+    "IGOptions",
     "MapStore",
     "PrecomputeResult",
     "PreparedModel",
+    "StoreIdentity",
+    "StoreWriter",
     "attribution_map",
     "baseline_spec",
     "baseline_tensor",

@@ -1,12 +1,15 @@
-"""Batched integrated gradients: Captum's call and numbers, at the speed of plain forward+backward.
+"""Batched integrated gradients: Captum's call and numbers, memory-bounded, with measured speed options.
 
 ``integrated_gradients`` follows ``captum.attr.IntegratedGradients.attribute`` (same arguments, same
-quadrature nodes and weights, same convergence delta) and agrees with it to float32 rounding. What
-differs is how the work is done:
+quadrature nodes and weights, same convergence delta) and by default computes what Captum computes
+(to 1e-7 relative: only the order of the quadrature sum differs). What differs is how the work is done:
 
-* The model runs on an eval-mode *copy* with batch norm folded into the preceding convolutions,
-  parameters frozen, in-place activations made out-of-place and (by default) channels-last memory.
-  The caller's model is never modified. Folding changes results only by float rounding.
+* By default the model runs in eval mode with frozen parameters, for the call only. Two options
+  make it faster on a prepared *copy* (the caller's model is never modified): ``fold_bn`` folds
+  batch norm into the preceding convolutions, ``channels_last`` converts to channels-last memory.
+  Both change float32 rounding, which in a deep ReLU6 network flips units near their kinks on a few
+  images: measured against float64 IG they are less exact than Captum (``benchmarks/ig_throughput.py``),
+  so they are off unless named.
 * The (image, step) pairs are laid out image-major and cut into passes of exactly
   ``internal_batch_size`` samples, so every pass is full whatever the number of images (Captum cuts by
   whole steps and exceeds the bound when it is smaller than the number of images). The scaled inputs of
@@ -104,21 +107,14 @@ class PreparedModel:
     folded: bool
 
 
-def _default_channels_last(device: torch.device) -> bool:
-    # CPU: measured on the CIFAR MobileNetV2 (benchmarks/ig_throughput.py), channels-last made
-    # forward + input-gradient about 1.3x faster with oneDNN. CUDA: the layout cuDNN's fastest conv
-    # kernels use (not measured here: no GPU was available).
-    return device.type in ("cpu", "cuda")
-
-
-def prepare_for_ig(model: nn.Module | PreparedModel, *, fold_bn: bool = True,
-                   channels_last: bool | None = None, device: torch.device | str | None = None) -> PreparedModel:
+def prepare_for_ig(model: nn.Module | PreparedModel, *, fold_bn: bool = False,
+                   channels_last: bool = False, device: torch.device | str | None = None) -> PreparedModel:
     """Copy ``model`` for the IG passes: eval mode, parameters frozen, batch norm folded.
 
     Also turns in-place ReLU/ReLU6/Hardtanh out-of-place (same numbers; the in-place form costs an extra
     copy in autograd on channels-last tensors) and, when ``channels_last``, converts the weights to
-    channels-last. ``channels_last=None`` picks the measured default for the device. The caller's model
-    is not touched.
+    channels-last (faster on CPU, but its rounding changes some maps: an option, off by default).
+    The caller's model is not touched.
     """
     if isinstance(model, PreparedModel):
         return model
@@ -126,8 +122,6 @@ def prepare_for_ig(model: nn.Module | PreparedModel, *, fold_bn: bool = True,
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    if channels_last is None:
-        channels_last = _default_channels_last(device)
     module = copy.deepcopy(model).to(device).eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -179,13 +173,18 @@ def tune_cpu_allocator(trim_threshold_mb: int = 2047) -> bool:
 def default_internal_batch_size(sample_shape: tuple[int, ...], device: torch.device) -> int:
     """Step-samples per pass when the caller gives none: a fixed function of shape and device.
 
-    On CPU the CIFAR MobileNetV2 ran fastest at 64 to 128 samples of 32x32 per pass (2 cores, tuned
-    allocator; larger passes were slower); 64 keeps a pass near 1.3 GB. It is scaled by image area so a
-    pass holds about the same number of pixels. It never depends on timing, so results are
-    reproducible.
+    ``sample_shape`` is an input's shape with its batch dimension, e.g. (N, C, H, W). The target is
+    32 samples of 32x32 pixels per pass on CPU (2048 on CUDA), scaled by image *area* (H x W, not
+    counting channels), so a pass holds about as many pixels at any resolution: a CIFAR image gets
+    32, a 28x28 one 42, a 64x64 one 8. On the 2-core benchmark machine the CIFAR MobileNetV2 ran
+    5.2-5.3 img/s at 16-32 samples per pass, 4.6-4.8 at 64 and 3.9-4.7 at 100 (unfolded, contiguous).
+    It never depends on timing, so results are reproducible.
     """
-    pixels = int(np.prod(sample_shape[1:])) if len(sample_shape) > 1 else 1
-    target = 64 if device.type != "cuda" else 2048
+    if len(sample_shape) >= 3:
+        pixels = int(np.prod(sample_shape[-2:]))
+    else:
+        pixels = int(np.prod(sample_shape[1:])) if len(sample_shape) > 1 else 1
+    target = 32 if device.type != "cuda" else 2048
     return int(max(1, min(4 * target, round(target * 1024 / max(pixels, 1)))))
 
 
@@ -236,6 +235,8 @@ class IGResult:
     attributions: torch.Tensor
     delta: torch.Tensor | None = None  # sum of attributions - (F(x) - F(b)), per sample
     output_difference: torch.Tensor | None = None  # F(x) - F(b), per sample
+    outputs: torch.Tensor | None = None  # F(x), per sample
+    baseline_outputs: torch.Tensor | None = None  # F(b), per sample
 
 
 def _autocast_context(device: torch.device, autocast: bool | torch.dtype):
@@ -269,8 +270,8 @@ def integrated_gradients_detailed(
     internal_batch_size: int | None = None,
     return_convergence_delta: bool = False,
     *,
-    fold_bn: bool = True,
-    channels_last: bool | None = None,
+    fold_bn: bool = False,
+    channels_last: bool = False,
     autocast: bool | torch.dtype = False,
     progress_callback: Callable[[int], None] | None = None,
 ) -> IGResult:
@@ -286,7 +287,7 @@ def integrated_gradients_detailed(
 
     # Without folding or channels-last there is nothing to copy for: run the caller's model, with
     # eval mode and frozen parameters for the call only.
-    in_place = not isinstance(model, PreparedModel) and not fold_bn and channels_last is False
+    in_place = not isinstance(model, PreparedModel) and not fold_bn and not channels_last
     if in_place:
         restore_training = {m: m.training for m in model.modules()}
         restore_grad = {p: p.requires_grad for p in model.parameters()}
@@ -317,8 +318,8 @@ def integrated_gradients(
     internal_batch_size: int | None = None,
     return_convergence_delta: bool = False,
     *,
-    fold_bn: bool = True,
-    channels_last: bool | None = None,
+    fold_bn: bool = False,
+    channels_last: bool = False,
     autocast: bool | torch.dtype = False,
     progress_callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -331,10 +332,9 @@ def integrated_gradients(
     ``return_convergence_delta`` the result is ``(attributions, delta)`` where delta is, per sample,
     the sum of attributions minus ``F(inputs) - F(baselines)``.
 
-    Differences from Captum, none of which changes the result beyond float rounding: the model is
-    evaluated in eval mode (on a copy with batch norm folded unless ``fold_bn=False``; with
-    ``fold_bn=False, channels_last=False`` the model itself is used and its mode and ``requires_grad``
-    flags are restored afterwards); ``internal_batch_size`` is a strict bound on step-samples per
+    Differences from Captum: the model is evaluated in eval mode (the model itself, its mode and
+    ``requires_grad`` flags restored afterwards; with ``fold_bn`` or ``channels_last``, a prepared
+    copy, which changes float32 rounding and is less exact: options, off by default); ``internal_batch_size`` is a strict bound on step-samples per
     forward pass (None = :func:`default_internal_batch_size`, not "everything at once");
     parameter gradients are never computed or accumulated. ``autocast`` (CUDA only; True = float16,
     or a dtype) runs the passes in reduced precision and does change the result: off by default.
@@ -404,7 +404,7 @@ def _integrate(prepared: PreparedModel, x: torch.Tensor, tgt: torch.Tensor | Non
         fb = _select(_forward_raw(module, b, pass_size, cl, autocast), tgt)
     out_diff = fx - fb
     delta = attributions.reshape(n, -1).sum(1) - out_diff
-    return IGResult(attributions, delta, out_diff)
+    return IGResult(attributions, delta, out_diff, fx, fb)
 
 
 def _runs(start: int, stop: int, n_steps: int) -> list[tuple[int, int, int, int, int]]:

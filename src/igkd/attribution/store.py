@@ -3,20 +3,27 @@
 A store is a directory::
 
     maps.npy        (N, H, W) float16 or float32; maps[i] is the map of dataset position i
-    meta.json       what made it (dataset fingerprint, teacher hash, IG settings, input convention),
-                    the chunk layout, and, once finalised, ``complete: true`` and the delta summary
+    meta.json       what made it (the :class:`~igkd.attribution.identity.StoreIdentity`: dataset
+                    fingerprint, teacher hash, IG settings, input convention), the chunk layout, the
+                    compute settings, and, once finalised, ``complete: true``, the sha256 of the maps
+                    and the convergence-delta summary
     done/           one small JSON completion record per finished chunk (written after its maps
                     are on disk), named ``<chunk>-<token>.json``
 
-Every write that matters goes to a temporary name first and is renamed (or hard-linked) into place,
-so a killed process never leaves a file that looks complete but is not. A store is usable only when
-``meta.json`` says ``complete``; :meth:`MapStore.open` refuses anything else.
+:class:`StoreWriter` owns every write (create or join, chunk maps and records, finalisation);
+:class:`MapStore` reads a finished store. Every write that matters goes to a temporary name first
+and is renamed (or hard-linked) into place, so a killed process never leaves a file that looks
+complete but is not. A store is usable only when ``meta.json`` says ``complete``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,88 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import StaleStoreError
+from ..errors import NumericalError, StaleStoreError
 from ..fileio import fsync_dir, write_json
+from .identity import FIX, StoreIdentity
 
 FORMAT = "igkd-map-store"
-VERSION = 1
-FIX = "rerun `igkd precompute-ig` with the same config"
-
-# The keys a caller may expect; ``MapStore.open`` compares them with the store's metadata.
-IDENTITY_KEYS = ("dataset", "fingerprint", "teacher_hash", "n_steps", "method", "baseline", "convention")
-_ALIASES = {"dataset_fingerprint": "fingerprint"}
-
-BASELINES: dict[str, dict[str, str]] = {
-    "zeros-normalized": {
-        "name": "zeros-normalized", "kind": "zeros", "space": "normalized",
-        "description": "zero in network-input space, i.e. the mean-colour image (the paper's choice)",
-    },
-    "black": {
-        "name": "black", "kind": "zeros", "space": "pixel",
-        "description": "pixel value 0 (black), i.e. -mean/std in network-input space",
-    },
-}
-
-
-def baseline_spec(baseline: str | Mapping[str, Any]) -> dict[str, str]:
-    """The recorded description of a baseline given by name (or already as a description)."""
-    if isinstance(baseline, Mapping):
-        name = baseline.get("name")
-        if name not in BASELINES:
-            kind_space = (baseline.get("kind"), baseline.get("space"))
-            matches = [v for v in BASELINES.values() if (v["kind"], v["space"]) == kind_space]
-            if not matches:
-                raise ValueError(f"unknown baseline {dict(baseline)!r}")
-            return dict(matches[0])
-        return dict(BASELINES[name])
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-    return dict(BASELINES[baseline])
-
-
-def _canonical(value: Any) -> Any:
-    """JSON round trip, so tuples and lists (and int/float spellings) compare as stored."""
-    return json.loads(json.dumps(value))
-
-
-def _same(key: str, stored: Any, expected: Any) -> bool:
-    if key == "baseline":
-        try:
-            return baseline_spec(stored)["name"] == baseline_spec(expected)["name"]
-        except ValueError:
-            return False
-    return _canonical(stored) == _canonical(expected)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, Mapping) and "name" in value:
-        return str(value["name"])
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
-
-
-def mismatches(meta: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between a store's metadata and what the caller expects."""
-    out = []
-    for key, want in expect.items():
-        key = _ALIASES.get(key, key)
-        if key not in IDENTITY_KEYS:
-            raise ValueError(f"unknown store key {key!r}; known: {', '.join(IDENTITY_KEYS)}")
-        have = meta.get(key)
-        if _same(key, have, want):
-            continue
-        if key != "baseline" and isinstance(have, Mapping) and isinstance(want, Mapping):
-            have, want = _canonical(have), _canonical(want)
-            for sub in sorted(set(have) | set(want)):
-                if have.get(sub) != want.get(sub):
-                    out.append(f"{key}.{sub} {_short(have.get(sub))} != expected {_short(want.get(sub))}")
-        else:
-            out.append(f"{key} {_short(have)} != expected {_short(want)}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Small file helpers
+VERSION = 2
+DTYPES = {"float16": np.float16, "float32": np.float32}
+PERCENTILES = (50, 90, 99)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -136,8 +69,9 @@ def publish_exclusive(tmp: Path, final: Path) -> bool:
     return won
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    meta_path = Path(path) / "meta.json"
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / "meta.json"
     if not meta_path.exists():
         raise StaleStoreError(f"no IG map store at {path} (no meta.json): {FIX}")
     try:
@@ -147,12 +81,26 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise StaleStoreError(f"unreadable meta.json in {path} ({e}): delete the folder and {FIX}") from None
     if meta.get("format") != FORMAT:
         raise StaleStoreError(f"{path} is not an igkd map store: choose another folder or delete it")
+    if meta.get("version") != VERSION:
+        raise StaleStoreError(f"IG map store {path} has format version {meta.get('version')}, this igkd "
+                              f"reads version {VERSION}: delete it and {FIX}")
     return meta
 
 
-def data_offset(maps_path: Path) -> int:
-    """Byte offset of the array data in an .npy file."""
-    return int(np.load(maps_path, mmap_mode="r").offset)
+def who() -> dict[str, Any]:
+    """Which process, on which host, with which versions: recorded with every write."""
+    from .. import __version__
+
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+            "igkd": __version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _maps_sha256(maps: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    step = max(1, (64 << 20) // max(1, maps[0].nbytes)) if len(maps) else 1
+    for s in range(0, len(maps), step):
+        digest.update(np.ascontiguousarray(maps[s:s + step]).tobytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,12 +120,8 @@ class MapStore:
         self._maps: np.memmap | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, expect: Mapping[str, Any] | None = None) -> MapStore:
-        """Open a finished store; raise :class:`StaleStoreError` if it is unfinished or stale.
-
-        ``expect`` holds any of :data:`IDENTITY_KEYS` (``dataset_fingerprint`` is accepted for
-        ``fingerprint``); each must equal the store's value. The error names what differs.
-        """
+    def open(cls, path: str | os.PathLike, expect: StoreIdentity | None = None) -> MapStore:
+        """Open a finished store; raise :class:`StaleStoreError` if it is unfinished or is not ``expect``."""
         path = Path(path)
         meta = read_meta(path)
         if not meta.get("complete"):
@@ -185,10 +129,8 @@ class MapStore:
             raise StaleStoreError(
                 f"IG map store {path} is incomplete ({done} of {meta.get('num_chunks', '?')} chunks "
                 f"recorded, not finalised): {FIX} to finish it")
-        if expect:
-            diff = mismatches(meta, expect)
-            if diff:
-                raise StaleStoreError(f"IG map store {path} is stale ({'; '.join(diff)}): {FIX}")
+        if expect is not None:
+            expect.check(meta, path)
         store = cls(path, meta)
         maps = store.maps
         if list(maps.shape) != list(meta["shape"]) or str(maps.dtype) != meta["dtype"]:
@@ -209,6 +151,10 @@ class MapStore:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.meta["shape"])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"float16": torch.float16, "float32": torch.float32}[self.meta["dtype"]]
+
     def __len__(self) -> int:
         return int(self.meta["shape"][0])
 
@@ -222,9 +168,240 @@ class MapStore:
         out = torch.from_numpy(np.asarray(self.maps[idx], dtype=np.float32))
         return out if device is None else out.to(device)
 
-    def load_all(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """All maps in memory, (N, H, W)."""
-        return torch.from_numpy(np.array(self.maps)).to(dtype)
+    def load_all(self) -> torch.Tensor:
+        """All maps in memory, (N, H, W), in the store's own dtype, checked against the recorded sha256.
+
+        A file changed after finalisation (truncated, bit-flipped, rewritten) or holding a non-finite
+        value is refused, never used.
+        """
+        maps = np.array(self.maps)
+        recorded = self.meta.get("maps_sha256")
+        if recorded is not None and _maps_sha256(maps) != recorded:
+            raise StaleStoreError(f"IG map store {self.path}: maps.npy does not match the sha256 recorded "
+                                  f"when it was finalised (changed or corrupted on disk): delete it and {FIX}")
+        if not np.isfinite(maps).all():
+            bad = np.flatnonzero(~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1))
+            raise NumericalError(f"IG map store {self.path} holds non-finite values (maps of positions "
+                                 f"{bad[:5].tolist()}...): delete it and {FIX}")
+        return torch.from_numpy(maps)
 
     def __repr__(self) -> str:
         return f"MapStore({str(self.path)!r}, shape={self.shape}, dtype={self.meta['dtype']})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+class StoreWriter:
+    """Creates or joins a store, writes chunks of maps with their completion records, finalises it.
+
+    The dataset is cut into fixed chunks of ``chunk_size`` positions. A chunk's maps are written into
+    their byte range of ``maps.npy`` (``pwrite`` + ``fsync``: byte-range writes, so processes on other
+    machines sharing the file system never rewrite each other's pages), and only then its record is
+    written. After ``kill -9`` at any moment, exactly the chunks without a record are missing.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self.done_dir = self.path / "done"
+
+    @staticmethod
+    def existing_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+        """The metadata of a store already at ``path`` (None when there is none yet)."""
+        return read_meta(path) if (Path(path) / "meta.json").exists() else None
+
+    @classmethod
+    def create_or_join(cls, path: str | os.PathLike, meta: dict[str, Any], identity: StoreIdentity,
+                       explicit_chunk_size: int | None = None) -> StoreWriter:
+        """Create the store (maps file, then metadata) or join an existing one with the same settings.
+
+        Several processes may call this at once: each builds its files under unique temporary names
+        and publishes them with an exclusive hard link, so exactly one version of each file wins.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "done").mkdir(exist_ok=True)
+        meta_path, maps_path = path / "meta.json", path / "maps.npy"
+        shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
+        if not meta_path.exists():
+            if not maps_path.exists():
+                tmp = path / f".maps.npy.{uuid.uuid4().hex[:8]}.tmp"
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+                del arr  # a sparse file of the full size, zeros until written
+                publish_exclusive(tmp, maps_path)
+            existing = np.load(maps_path, mmap_mode="r")
+            if existing.shape != shape or existing.dtype != dtype:
+                raise StaleStoreError(f"{maps_path} holds {existing.dtype} {list(existing.shape)} maps, not "
+                                      f"{dtype} {list(shape)}, and has no meta.json: delete {path} and rerun")
+            del existing
+            tmp = path / f".meta.json.{uuid.uuid4().hex[:8]}.tmp"
+            write_json_atomic(tmp, meta)
+            publish_exclusive(tmp, meta_path)
+        stored = read_meta(path)
+        diff = identity.mismatches(stored)
+        for key in ("dtype", "shape", "autocast"):
+            if stored.get(key) != meta[key]:
+                diff.append(f"{key} {stored.get(key)} != requested {meta[key]}")
+        if explicit_chunk_size is not None and stored["chunk_size"] != explicit_chunk_size:
+            diff.append(f"chunk_size {stored['chunk_size']} != requested {explicit_chunk_size}")
+        refuse_other_settings(path, diff)
+        return cls(path, stored)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> StoreWriter:
+        return cls(Path(path), read_meta(path))
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.meta["num_chunks"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def bounds(self, c: int) -> tuple[int, int]:
+        n, size = self.meta["shape"][0], self.meta["chunk_size"]
+        return c * size, min(n, (c + 1) * size)
+
+    def records(self) -> dict[int, list[Path]]:
+        """Completion records by chunk number."""
+        out: dict[int, list[Path]] = {}
+        if not self.done_dir.is_dir():
+            return out
+        for p in self.done_dir.glob("*.json"):
+            head = p.name.split("-", 1)[0]
+            if head.isdigit():
+                out.setdefault(int(head), []).append(p)
+        return out
+
+    def is_recorded(self, c: int) -> bool:
+        return any(self.done_dir.glob(f"{c:06d}-*.json"))
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def write_chunk(self, c: int, maps: np.ndarray, record: dict[str, Any]) -> None:
+        """Write chunk ``c``'s maps (checked finite), make them durable, then record the chunk."""
+        s, e = self.bounds(c)
+        dtype = np.dtype(self.meta["dtype"])
+        if maps.shape != (e - s, *self.meta["shape"][1:]) or maps.dtype != dtype:
+            raise ValueError(f"chunk {c} needs {dtype} {(e - s, *self.meta['shape'][1:])}, got "
+                             f"{maps.dtype} {maps.shape}")
+        if not np.isfinite(maps).all():
+            raise NumericalError(f"IG maps of positions {s}..{e - 1} hold inf or NaN; nothing written "
+                                 "for them (check the teacher's weights)")
+        maps_path = self.path / "maps.npy"
+        offset = int(np.load(maps_path, mmap_mode="r").offset) + s * maps[0].nbytes
+        fd = os.open(maps_path, os.O_RDWR)
+        try:
+            data = memoryview(np.ascontiguousarray(maps).tobytes())
+            while data:
+                written = os.pwrite(fd, data, offset)
+                data, offset = data[written:], offset + written
+            os.fsync(fd)  # the maps are on disk before the record that says so
+        finally:
+            os.close(fd)
+        # A unique name per record: two processes that computed the same chunk leave two records,
+        # which finalisation refuses, instead of one silently replacing the other.
+        write_json_atomic(self.done_dir / f"{c:06d}-{uuid.uuid4().hex[:8]}.json",
+                          {"chunk": c, "start": s, "stop": e, **record})
+
+    def finalize(self) -> MapStore:
+        """Verify that every position was written exactly once, record the summaries, mark complete.
+
+        Refuses (with :class:`StaleStoreError` saying what and how to fix) a store whose completion
+        records miss a chunk, hold two records for one chunk (overlapping rank settings), or do not
+        tile ``0..N-1``. Safe to call more than once and from several processes.
+        """
+        path, meta = self.path, read_meta(self.path)
+        if meta.get("complete"):
+            return MapStore.open(path)
+        num_chunks = meta["num_chunks"]
+        recorded = self.records()
+        stray = sorted(c for c in recorded if not 0 <= c < num_chunks)
+        missing = [c for c in range(num_chunks) if c not in recorded]
+        doubled = {c: ps for c, ps in recorded.items() if len(ps) > 1}
+        if stray:
+            raise StaleStoreError(f"cannot finalise {path}: records for chunks {_list(stray)} that do not "
+                                  f"exist (only {num_chunks}): delete those files in done/ and rerun "
+                                  "`igkd precompute-ig`")
+        if doubled:
+            c, ps = next(iter(sorted(doubled.items())))
+            raise StaleStoreError(
+                f"cannot finalise {path}: chunks {_list(sorted(doubled))} were written more than once "
+                f"(chunk {c}: {len(ps)} records), so the --rank/--world-size settings overlapped: delete "
+                f"done/{c:06d}-*.json (and the other doubled chunks' records) and rerun `igkd precompute-ig`")
+        if missing:
+            raise StaleStoreError(f"cannot finalise {path}: chunks {_list(missing)} of {num_chunks} have no "
+                                  "completion record: rerun `igkd precompute-ig` (every rank) to compute them")
+        records = []
+        for c in range(num_chunks):
+            with open(recorded[c][0]) as f:
+                rec = json.load(f)
+            if (rec.get("chunk"), rec.get("start"), rec.get("stop")) != (c, *self.bounds(c)):
+                raise StaleStoreError(f"cannot finalise {path}: {recorded[c][0].name} covers positions "
+                                      f"{rec.get('start')}..{rec.get('stop')} but chunk {c} is "
+                                      f"{self.bounds(c)}: delete it and rerun `igkd precompute-ig`")
+            records.append(rec)
+
+        maps = np.load(path / "maps.npy", mmap_mode="r")
+        if list(maps.shape) != list(meta["shape"]) or str(maps.dtype) != meta["dtype"]:
+            raise StaleStoreError(f"cannot finalise {path}: maps.npy is {maps.dtype} {list(maps.shape)}, "
+                                  f"meta.json says {meta['dtype']} {meta['shape']}: delete it and rerun")
+        meta["maps_sha256"] = _maps_sha256(maps)
+        maps_size = int(maps.size)
+        del maps
+
+        meta["delta"] = delta_summary(records)
+        flushed = sum(r["delta"].get("flushed_to_zero", 0) for r in records)
+        meta["storage"] = {"values_flushed_to_zero": flushed, "fraction_flushed": flushed / max(1, maps_size)}
+        meta["chunks"] = {"count": num_chunks, "ranks": sorted({r["rank"] for r in records}),
+                          "seconds": round(sum(r["seconds"] for r in records), 3)}
+        meta["finalized"] = who()
+        meta["complete"] = True
+        write_json_atomic(path / "meta.json", meta)
+        self.meta = meta
+        return MapStore.open(path)
+
+
+def refuse_other_settings(path: Path, diff: list[str]) -> None:
+    """Writing into a store made with other settings would mix two kinds of maps: refuse it."""
+    if diff:
+        raise StaleStoreError(f"the store at {path} was made with other settings ({'; '.join(diff)}): "
+                              "choose another store folder, or delete this one to recompute it")
+
+
+def delta_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles of |delta| and of |delta| / (|F(x)| + |F(b)|) over every image of the store.
+
+    The scaled form stays finite and meaningful for images whose logit barely moves from the
+    baseline's, which make ``|delta| / |F(x) - F(b)|`` (and any mean of it) explode.
+    """
+    abs_d = np.concatenate([np.asarray(r["delta"]["abs"], dtype=np.float64) for r in records])
+    scaled = np.concatenate([np.asarray(r["delta"]["scaled"], dtype=np.float64) for r in records])
+
+    def pct(values: np.ndarray) -> dict[str, float]:
+        out = {f"p{q}": float(np.percentile(values, q)) for q in PERCENTILES}
+        out["max"] = float(values.max())
+        return out
+
+    return {
+        "definition": "delta = sum(attributions) - (F(x) - F(baseline)) per image, F the target logit; "
+                      "scaled = |delta| / (|F(x)| + |F(baseline)|)",
+        "images": int(abs_d.size),
+        "abs": pct(abs_d),
+        "scaled": pct(scaled),
+    }
+
+
+def finalize_store(store_dir: str | os.PathLike) -> MapStore:
+    """:meth:`StoreWriter.finalize` of the store at ``store_dir``."""
+    return StoreWriter.open(store_dir).finalize()
+
+
+def _list(items: list[int], limit: int = 8) -> str:
+    text = ", ".join(str(i) for i in items[:limit])
+    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")

@@ -1,13 +1,22 @@
-"""Whole-batch augmentation: crop and flip an image and its IG map together, then the IG overlay.
+"""Whole-batch augmentation: crop and flip an image and its IG map together, and the IG overlay.
 
 Airbench-style: one gather per batch, no per-sample Python, so the same code runs on CPU and GPU.
 Random numbers are drawn on the generator's device and moved to the data, so a CPU generator
 seeded from the run seed gives the same augmentation whichever device the batch lives on.
+
+Order (METHOD.md step 4): the overlay's power and min-max normalisation apply to the *whole* map;
+the normalised map is then cropped and flipped with its image and blended. The result equals
+overlaying the full image and cropping afterwards, so neither zero padding nor a cropped-away peak
+changes the normalisation. Draws happen in a fixed order per batch: crop offsets, flips, overlay
+choices, overlay exponents (each for every image), so the stream never depends on what was chosen.
+Training draws crops and flips from one generator and the overlay from another, so runs of different
+methods with the same seed see the very same crops and flips (a paired design).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +24,49 @@ import torch.nn.functional as F
 
 def _draw_uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=generator.device).to(device)
+
+
+@dataclass
+class CropFlip:
+    """One batch's random crops and flips, as the source row and column of every output pixel."""
+
+    rows: torch.Tensor  # (B, H): row in the padded image
+    cols: torch.Tensor  # (B, W): column in the padded image, flip included
+    padding: int
+
+    def select(self, idx: torch.Tensor) -> CropFlip:
+        return CropFlip(self.rows[idx], self.cols[idx], self.padding)
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """Crop and flip a (B, C, H, W) image batch or a (B, H, W) map batch; padding is zeros."""
+        b = t.shape[0]
+        batch = torch.arange(b, device=t.device)
+        pad = (self.padding,) * 4
+        padded = F.pad(t, pad) if self.padding else t
+        if t.dim() == 4:
+            channels = torch.arange(t.shape[1], device=t.device)
+            return padded[batch[:, None, None, None], channels[None, :, None, None],
+                          self.rows[:, None, :, None], self.cols[:, None, None, :]]
+        return padded[batch[:, None, None], self.rows[:, :, None], self.cols[:, None, :]]
+
+
+def draw_crop_flip(b: int, h: int, w: int, padding: int, generator: torch.Generator, flip: bool = True,
+                   device: torch.device | str = "cpu") -> CropFlip:
+    """Offsets in [0, 2*padding] (rows, then columns), then flips with probability 0.5."""
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    device = torch.device(device)
+    rows = torch.arange(h, device=device).expand(b, h)
+    cols = torch.arange(w, device=device).expand(b, w)
+    if padding > 0:
+        offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator, device=generator.device)
+        offsets = offsets.to(device)
+        rows = rows + offsets[:, :1]
+        cols = cols + offsets[:, 1:]
+    if flip:
+        flipped = _draw_uniform(b, generator, device) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    return CropFlip(rows, cols, padding)
 
 
 def batch_crop_flip(
@@ -39,34 +91,64 @@ def batch_crop_flip(
         raise ValueError(f"padding must be >= 0, got {padding}")
     if padding == 0 and not flip:
         return images, maps
+    cf = draw_crop_flip(b, h, w, padding, generator, flip, images.device)
+    return cf.apply(images), None if maps is None else cf.apply(maps)
 
-    device = images.device
-    rows = torch.arange(h, device=device).expand(b, h)
-    cols = torch.arange(w, device=device).expand(b, w)
-    if padding > 0:
-        offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator, device=generator.device)
-        offsets = offsets.to(device)
-        rows = rows + offsets[:, :1]
-        cols = cols + offsets[:, 1:]
-    if flip:
-        flipped = _draw_uniform(b, generator, device) < 0.5
-        cols = torch.where(flipped[:, None], cols.flip(1), cols)
 
-    # Pad once, then one advanced-indexing gather does crop and flip for the whole batch.
-    pad = (padding, padding, padding, padding)
-    batch = torch.arange(b, device=device)
-    padded = F.pad(images, pad) if padding else images
-    out = padded[
-        batch[:, None, None, None],
-        torch.arange(c, device=device)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-    out_maps = None
-    if maps is not None:
-        padded_maps = F.pad(maps, pad) if padding else maps
-        out_maps = padded_maps[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out, out_maps
+@dataclass
+class OverlayDraw:
+    """Which images of a batch get the overlay, and each image's exponent s (drawn for all)."""
+
+    chosen: torch.Tensor  # (B,) bool
+    exponents: torch.Tensor  # (B,) float32
+
+    @property
+    def index(self) -> torch.Tensor:
+        return torch.nonzero(self.chosen).squeeze(1)
+
+
+def draw_overlay(b: int, p: float, generator: torch.Generator, power_range: tuple[float, float] = (1.0, 2.0),
+                 device: torch.device | str = "cpu") -> OverlayDraw:
+    """Choose each image with probability ``p``; its exponent is s = exp(U(ln lo, ln hi))."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    lo, hi = power_range
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"power_range must satisfy 0 < lo <= hi, got {power_range}")
+    device = torch.device(device)
+    chosen = _draw_uniform(b, generator, device) < p
+    u = _draw_uniform(b, generator, device)
+    if lo == hi:
+        s = torch.full((b,), lo, device=device)  # exact, not exp(log(lo))
+    else:
+        s = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    return OverlayDraw(chosen, s)
+
+
+def normalize_maps(maps: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """|m| ** s, then min-max per map to [0, 1] over the whole map (a constant map becomes zeros)."""
+    dtype = torch.promote_types(maps.dtype, torch.float32)
+    m = maps.to(dtype).abs().pow(exponents.to(device=maps.device, dtype=dtype)[:, None, None])
+    m_min = m.amin(dim=(1, 2), keepdim=True)
+    spread = m.amax(dim=(1, 2), keepdim=True) - m_min
+    return torch.where(spread > 0, (m - m_min) / spread.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(m))
+
+
+def blend(images01: torch.Tensor, normalized_maps: torch.Tensor, mix: float = 0.5) -> torch.Tensor:
+    """x' = (1 - mix) x + mix m, the map repeated over channels, clamped to [0, 1]."""
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    dtype = torch.promote_types(images01.dtype, torch.float32)
+    out = (1.0 - mix) * images01.to(dtype) + mix * normalized_maps.to(dtype)[:, None]
+    return out.clamp_(0.0, 1.0).to(images01.dtype)
+
+
+def _check_overlay_args(images01: torch.Tensor, maps: torch.Tensor) -> None:
+    if images01.dim() != 4 or not images01.is_floating_point():
+        raise ValueError(f"images01 must be float (B, C, H, W), got {images01.dtype} {tuple(images01.shape)}")
+    b, _c, h, w = images01.shape
+    if tuple(maps.shape) != (b, h, w):
+        raise ValueError(f"maps must be (B, H, W) = {(b, h, w)}, got {tuple(maps.shape)}")
 
 
 def ig_overlay(
@@ -81,39 +163,47 @@ def ig_overlay(
 
     For each chosen image: m <- |m| ** s with s = exp(U(ln lo, ln hi)), min-max normalised to [0, 1]
     (a constant map becomes zeros), repeated over channels, x' = (1 - mix) x + mix m. Returns the new
-    images and the boolean mask of chosen images; unchosen images are returned bit-for-bit. The
-    choice and exponent are drawn for every image (choice first), so the random stream does not
-    depend on which images get chosen.
+    images and the boolean mask of chosen images; unchosen images are returned bit-for-bit.
     """
-    if images01.dim() != 4 or not images01.is_floating_point():
-        raise ValueError(f"images01 must be float (B, C, H, W), got {images01.dtype} {tuple(images01.shape)}")
-    b, c, h, w = images01.shape
-    if tuple(maps.shape) != (b, h, w):
-        raise ValueError(f"maps must be (B, H, W) = {(b, h, w)}, got {tuple(maps.shape)}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
-    lo, hi = power_range
-    if not 0.0 < lo <= hi:
-        raise ValueError(f"power_range must satisfy 0 < lo <= hi, got {power_range}")
+    _check_overlay_args(images01, maps)
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be in [0, 1], got {mix}")
-
-    device = images01.device
-    chosen = _draw_uniform(b, generator, device) < p
-    u = _draw_uniform(b, generator, device)
-    idx = torch.nonzero(chosen).squeeze(1)
+    draw = draw_overlay(images01.shape[0], p, generator, power_range, images01.device)
+    idx = draw.index
     if idx.numel() == 0:
-        return images01.clone(), chosen
+        return images01.clone(), draw.chosen
+    normalized = normalize_maps(maps.to(images01.device)[idx], draw.exponents[idx])
+    return images01.index_copy(0, idx, blend(images01[idx], normalized, mix)), draw.chosen
 
-    dtype = torch.promote_types(images01.dtype, torch.float32)
-    if lo == hi:
-        s = torch.full((idx.numel(),), lo, dtype=dtype, device=device)  # exact, not exp(log(lo))
-    else:
-        s = torch.exp(math.log(lo) + u[idx].to(dtype) * (math.log(hi) - math.log(lo)))
-    m = maps.to(device)[idx].to(dtype).abs().pow(s[:, None, None])
-    m_min = m.amin(dim=(1, 2), keepdim=True)
-    spread = m.amax(dim=(1, 2), keepdim=True) - m_min
-    m = torch.where(spread > 0, (m - m_min) / spread.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(m))
-    blended = (1.0 - mix) * images01[idx].to(dtype) + mix * m[:, None]
-    blended = blended.clamp_(0.0, 1.0).to(images01.dtype)
-    return images01.index_copy(0, idx, blended), chosen
+
+def augment_batch(
+    images01: torch.Tensor,
+    maps: torch.Tensor | None,
+    generator: torch.Generator,
+    padding: int,
+    flip: bool = True,
+    overlay_p: float = 0.0,
+    power_range: tuple[float, float] = (1.0, 2.0),
+    mix: float = 0.5,
+    overlay_generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A training batch's augmentation: crop and flip, and (with maps) the IG overlay in METHOD.md's order.
+
+    The chosen images' whole maps are normalised, then cropped and flipped with their images, then
+    blended: equal to overlaying the full images and cropping afterwards with the same draws. The
+    overlay draws come from ``overlay_generator`` (default: ``generator``, after the crops).
+    """
+    b, _c, h, w = images01.shape
+    cf = draw_crop_flip(b, h, w, padding, generator, flip, images01.device) if (padding or flip) else None
+    out = cf.apply(images01) if cf is not None else images01
+    if maps is None or overlay_p <= 0:
+        return out
+    _check_overlay_args(images01, maps)
+    draw = draw_overlay(b, overlay_p, overlay_generator or generator, power_range, images01.device)
+    idx = draw.index
+    if idx.numel() == 0:
+        return out
+    normalized = normalize_maps(maps.to(images01.device)[idx], draw.exponents[idx])
+    if cf is not None:
+        normalized = cf.select(idx).apply(normalized)
+    return out.index_copy(0, idx, blend(out[idx], normalized, mix))

@@ -1,29 +1,15 @@
-"""Loss terms, registered by name so a config or a test can refer to them."""
+"""Loss terms: cross-entropy, KD and attention transfer. Methods combine them (``methods.py``)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
 
-
-def register(name: str):
-    def wrap(fn):
-        LOSSES[name] = fn
-        return fn
-
-    return wrap
-
-
-@register("ce")
 def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(student_logits, labels)
 
 
-@register("kd")
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch."""
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
@@ -37,7 +23,6 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
-@register("at")
 def at_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     """mean((a_t - a_s)²) over batch and positions: the authors' ("code") variant of Zagoruyko's AT.
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
-from ..data.augment import batch_crop_flip, ig_overlay
+from ..data.augment import augment_batch
 from ..data.image_dataset import ImageDataset
 from ..fileio import atomic_torch_save
 from ..runs import RunDir
@@ -102,6 +102,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", epoch))
+        overlay_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "overlay", epoch))
         torch.manual_seed(derive_seed(cfg.seed, "torch", epoch))  # dropout and anything else global
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, epoch)
@@ -120,10 +121,9 @@ def fit(
             pos_dev = pos.to(device)
             x = x_train[pos_dev].float().div_(255.0)
             y = y_train[pos_dev]
-            m = maps[pos_dev].float() if use_overlay else None
-            x, m = batch_crop_flip(x, m, aug.crop_padding, gen, flip=aug.flip)
-            if use_overlay:
-                x, _ = ig_overlay(x, m, aug.overlay_p, gen, tuple(aug.power_range), aug.mix)
+            m = maps[pos_dev] if use_overlay else None
+            x = augment_batch(x, m, gen, aug.crop_padding, aug.flip, aug.overlay_p if use_overlay else 0.0,
+                              tuple(aug.power_range), aug.mix, overlay_gen)
             logits, losses = distiller.forward_train(data.convention.normalize(x), y)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)

@@ -62,9 +62,8 @@ class TruncatedStudent(nn.Module):
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
         channels = last_conv(features).out_channels
+        # PyTorch's default Linear initialisation, as the authors' students had.
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels, num_classes))
-        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
-        nn.init.zeros_(self.classifier[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))

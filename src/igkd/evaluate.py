@@ -1,0 +1,161 @@
+"""``igkd evaluate``: how good is a checkpoint, on the configured test set or the ImageNet subset.
+
+Accuracy, balanced accuracy, Cohen's kappa, per-class accuracy and the confusion matrix (scikit-learn's
+metrics), for a teacher or a truncated student: the checkpoint's own keys say which (a student keeps
+``features.0`` .. ``features.{18-k}``). The input convention is explicit and reported: ``normalized``
+(igkd's, ``(x - mean) / std``) or ``pixels01`` (un-normalised [0, 1], how the authors trained their
+reference students).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .convention import InputConvention
+from .data.catalog import DATASETS
+from .data.image_dataset import ImageDataset
+from .errors import CheckpointError, ConfigError
+from .fileio import write_json
+from .models import truncated_student
+from .pipeline import build_teacher, load_datasets, load_teacher
+from .runs import load_state_dict, load_weights
+from .utils import setup_device
+
+INPUT_CONVENTIONS = ("normalized", "pixels01")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy and balanced accuracy in percent, Cohen's kappa, per-class accuracy, confusion matrix."""
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
+
+    labels = list(range(len(classes)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    support = cm.sum(axis=1)
+    present = support > 0
+    per_class = {c: (100.0 * cm[i, i] / support[i]) if present[i] else None for i, c in enumerate(classes)}
+    return {
+        "images": int(len(y_true)),
+        "accuracy": 100.0 * float(np.mean(y_true == y_pred)),
+        # over the classes present in y_true, as scikit-learn defines it
+        "balanced_accuracy": 100.0 * float(balanced_accuracy_score(y_true, y_pred)),
+        "cohen_kappa": float(cohen_kappa_score(y_true, y_pred, labels=labels)),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, convention: InputConvention, device: torch.device,
+            batch_size: int = 1000) -> np.ndarray:
+    """Predicted classes of uint8 images (N, C, H, W), the model in eval mode on ``device``."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(model(convention.from_uint8(x[i:i + batch_size].to(device))).argmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def model_from_checkpoint(cfg: Config, num_classes: int, in_channels: int, path: str | Path
+                          ) -> tuple[torch.nn.Module, str, int | None]:
+    """(model with the checkpoint's weights, "teacher" or "student", remove_blocks of a student)."""
+    state = load_state_dict(path)
+    feature_ids = {int(k.split(".")[1]) for k in state if k.startswith("features.") and k.split(".")[1].isdigit()}
+    if not feature_ids:
+        raise CheckpointError(f"checkpoint {path} has no features.* weights: not a teacher or student of "
+                              f"{cfg.teacher.arch}")
+    teacher = build_teacher(cfg, num_classes, in_channels)
+    kept = max(feature_ids) + 1
+    if kept == len(teacher.features):
+        return load_weights(teacher, path), "teacher", None
+    k = len(teacher.features) - kept
+    return load_weights(truncated_student(teacher, k), path), "student", k
+
+
+def convention_for(name: str, trained: InputConvention) -> InputConvention:
+    if name == "normalized":
+        return trained
+    if name == "pixels01":
+        channels = len(trained.mean)
+        return InputConvention((0.0,) * channels, (1.0,) * channels)
+    raise ConfigError(f"unknown input convention {name!r}; choose one of {', '.join(INPUT_CONVENTIONS)}")
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: str = "normalized",
+                        imagenet: str | Path | None = None, keep_teacher_correct: bool = False,
+                        json_out: str | Path | None = None) -> dict:
+    """Evaluate ``checkpoint`` on the configured test set, or on the ImageNet classes mapped onto CIFAR-10.
+
+    With ``imagenet`` (a downsampled-ImageNet file/folder or a folder of WordNet-id folders), the
+    images are labelled by CIFAR-10 class; ``keep_teacher_correct`` keeps only those the configured
+    teacher (``teacher.checkpoint``) classifies correctly, as the paper did.
+    """
+    device = setup_device(cfg.train.device, cfg.train.threads)
+    if input_convention not in INPUT_CONVENTIONS:
+        raise ConfigError(f"unknown input convention {input_convention!r}; choose one of "
+                          f"{', '.join(INPUT_CONVENTIONS)}")
+    if imagenet is not None:
+        from .data.imagenet import keep_correct, load_imagenet_cifar10
+
+        info = DATASETS[cfg.data.name]
+        if cfg.data.name != "cifar10":
+            raise ConfigError("the ImageNet subset is labelled by CIFAR-10 class: use a cifar10 config")
+        test: ImageDataset = load_imagenet_cifar10(imagenet, image_size=info.image_shape[1])
+        trained = info.convention
+        num_classes, in_channels = info.num_classes, info.image_shape[0]
+        shown = f"ImageNet classes mapped onto CIFAR-10 ({imagenet})"
+        if keep_teacher_correct:
+            teacher, _ = load_teacher(cfg, num_classes, in_channels, device)
+            before = len(test)
+            test = keep_correct(test, teacher, trained, device=device)
+            shown += f", {len(test):,} of {before:,} images that the teacher classifies correctly"
+    else:
+        if keep_teacher_correct:
+            raise ConfigError("--keep-teacher-correct applies to the ImageNet subset (--imagenet) only")
+        ds = load_datasets(cfg)
+        test, trained = ds.test, ds.convention
+        num_classes, in_channels = ds.train.num_classes, ds.train.image_shape[0]
+        shown = f"{cfg.data.name} test set"
+    model, role, k = model_from_checkpoint(cfg, num_classes, in_channels, checkpoint)
+    conv = convention_for(input_convention, trained)
+    pred = predict(model.to(device), test.x, conv, device, cfg.train.eval_batch_size)
+    result = {
+        "checkpoint": str(checkpoint),
+        "role": role,
+        "remove_blocks": k,
+        "dataset": shown,
+        "input_convention": {"name": input_convention, **conv.to_dict()},
+        **classification_metrics(test.y.numpy(), pred, list(test.classes)),
+    }
+    if json_out is not None:
+        write_json(json_out, result)
+    return result
+
+
+def format_evaluation(r: dict) -> str:
+    from .reporting import format_table
+
+    conv = r["input_convention"]
+    role = r["role"] if r["remove_blocks"] is None else f"{r['role']} (k={r['remove_blocks']})"
+    lines = [
+        f"{role} from {r['checkpoint']}",
+        f"data: {r['dataset']}, {r['images']:,} images",
+        f"input convention: {conv['name']} (mean {conv['mean']}, std {conv['std']} on pixels in [0, 1])",
+        f"accuracy {r['accuracy']:.2f} %, balanced accuracy {r['balanced_accuracy']:.2f} %, "
+        f"Cohen's kappa {r['cohen_kappa']:.3f}",
+        "",
+        format_table(["class", "accuracy %"], [(c, a) for c, a in r["per_class_accuracy"].items()]),
+        "",
+        "confusion matrix (rows: true class, columns: predicted)",
+        format_table(["", *range(len(r["classes"]))],
+                     [(f"{i} {c}", *row) for i, (c, row) in enumerate(zip(r["classes"], r["confusion_matrix"]))]),
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["INPUT_CONVENTIONS", "classification_metrics", "evaluate_checkpoint", "format_evaluation",
+           "model_from_checkpoint", "predict"]

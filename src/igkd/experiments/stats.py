@@ -1,0 +1,308 @@
+"""Statistics for Monte Carlo studies that compare distillation methods.
+
+Each method is run several times (one test accuracy in percent per run). ``describe`` summarises
+one method, ``compare`` tests one method against a baseline (paired when run ``i`` of both methods
+shared its seed, data subset and initialisation, unpaired otherwise), ``compare_to_baseline`` does
+that for every method with a Holm correction across the comparisons, and ``paired_samples`` turns
+result rows (e.g. from ``csv.DictReader``) into aligned per-method samples.
+
+The tests themselves come from scipy and statsmodels; this module only chooses them, computes
+effect sizes and t confidence intervals, and validates the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.diagnostic import lilliefors
+from statsmodels.stats.multitest import multipletests
+
+__all__ = ["compare", "compare_to_baseline", "describe", "paired_samples"]
+
+_NAN = float("nan")
+# Lilliefors' tables start at n = 4; below that the test is not defined.
+_MIN_NORMALITY_N = 4
+# Accuracies are percentages; differences below 1e-9 points are float noise, not a difference.
+_RANK_DECIMALS = 9
+
+
+def _as_sample(values: Sequence[float], name: str, min_n: int = 1) -> np.ndarray:
+    """Return ``values`` as a 1-D float array, or raise ValueError saying what is wrong."""
+    try:
+        x = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: values must be numbers ({exc})") from None
+    if x.ndim != 1:
+        raise ValueError(f"{name}: expected a flat sequence of numbers, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name}: no values")
+    if not np.all(np.isfinite(x)):
+        bad = [i for i, v in enumerate(x) if not math.isfinite(v)]
+        raise ValueError(f"{name}: NaN or infinite value at position(s) {bad}")
+    if x.size < min_n:
+        raise ValueError(f"{name}: needs at least {min_n} values, got {x.size}")
+    return x
+
+
+def _check_level(level: float, name: str) -> float:
+    if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {level!r}")
+    return float(level)
+
+
+def _t_interval(centre: float, se: float, df: float, confidence: float) -> tuple[float, float]:
+    """Two-sided t interval ``centre ± t_{(1+c)/2, df} * se`` (nan when df is undefined)."""
+    if not math.isfinite(df) or df <= 0:
+        return _NAN, _NAN
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, df)) * se
+    return centre - half, centre + half
+
+
+def _normality_p(*samples: np.ndarray) -> float | None:
+    """Smallest Lilliefors p over ``samples``; None when any is too small or constant to test."""
+    ps = []
+    for x in samples:
+        if x.size < _MIN_NORMALITY_N or np.ptp(x) == 0.0:
+            return None
+        ps.append(float(lilliefors(x, dist="norm")[1]))
+    return min(ps)
+
+
+def _degenerate_test(mean_diff: float) -> tuple[float, float, float]:
+    """(statistic, p, effect) when the relevant spread is exactly zero and t is undefined.
+
+    Why: scipy returns nan/inf with warnings here; the limits are clear - no difference at all
+    gives no evidence (t = 0, p = 1), a constant non-zero difference is as strong as it gets.
+    """
+    if mean_diff == 0.0:
+        return 0.0, 1.0, 0.0
+    inf = math.copysign(math.inf, mean_diff)
+    return inf, 0.0, inf
+
+
+def describe(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Summary of one method's runs: n, mean, sd (ddof=1), sem, t CI of the mean, min/median/max.
+
+    ``sd``, ``sem`` and the CI are nan for a single value.
+    """
+    confidence = _check_level(confidence, "confidence")
+    x = _as_sample(values, "values")
+    n = int(x.size)
+    mean = float(np.mean(x))
+    sd = float(np.std(x, ddof=1)) if n >= 2 else _NAN
+    sem = sd / math.sqrt(n) if n >= 2 else _NAN
+    ci_low, ci_high = _t_interval(mean, sem, n - 1, confidence) if n >= 2 else (_NAN, _NAN)
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "sem": sem,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "min": float(np.min(x)),
+        "median": float(np.median(x)),
+        "max": float(np.max(x)),
+    }
+
+
+def _compare_paired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
+    d = a - b
+    n = int(d.size)
+    mean_diff = float(np.mean(d))
+    sd_d = float(np.std(d, ddof=1))
+    df = float(n - 1)
+    ci_low, ci_high = _t_interval(mean_diff, sd_d / math.sqrt(n), df, confidence)
+    if sd_d == 0.0:
+        statistic, p, effect = _degenerate_test(mean_diff)
+    else:
+        res = stats.ttest_rel(a, b)
+        statistic, p = float(res.statistic), float(res.pvalue)
+        effect = mean_diff / sd_d
+    # Rank rounded differences: float noise (91.31 - 90.11 vs 92.45 - 91.25) must not break the
+    # ties and zeros that the signed-rank test treats specially.
+    d_rank = np.round(d, _RANK_DECIMALS)
+    if np.all(d_rank == 0.0):
+        # Wilcoxon drops zero differences; with none left there is no evidence of a difference.
+        w_stat, w_p = 0.0, 1.0
+    else:
+        w = stats.wilcoxon(d_rank)
+        w_stat, w_p = float(w.statistic), float(w.pvalue)
+    normality = _normality_p(d)
+    why = (
+        "paired t-test (Wilcoxon signed-rank as the distribution-free check): run i of both "
+        "methods shared its seed, data subset and initialisation, so differences are tested "
+        "within pairs"
+    )
+    if normality is not None and normality < 0.05:
+        why += f", and Lilliefors doubts their normality (p = {normality:.3g}), so prefer Wilcoxon"
+    return {
+        "paired": True,
+        "n_a": n,
+        "n_b": n,
+        "mean_diff": mean_diff,
+        "diff_ci_low": ci_low,
+        "diff_ci_high": ci_high,
+        "test": "paired t-test",
+        "statistic": statistic,
+        "p": p,
+        "df": df,
+        "nonparametric_test": "Wilcoxon signed-rank",
+        "nonparametric_statistic": w_stat,
+        "nonparametric_p": w_p,
+        "effect_name": "Cohen's d_z",
+        "effect": effect,
+        "normality_p": normality,
+        "why": why + ".",
+    }
+
+
+def _compare_unpaired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
+    n1, n2 = int(a.size), int(b.size)
+    v1, v2 = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
+    mean_diff = float(np.mean(a) - np.mean(b))
+    q1, q2 = v1 / n1, v2 / n2
+    se = math.sqrt(q1 + q2)
+    # Welch–Satterthwaite degrees of freedom (undefined when both samples are constant).
+    df = (q1 + q2) ** 2 / (q1**2 / (n1 - 1) + q2**2 / (n2 - 1)) if se > 0 else _NAN
+    ci_low, ci_high = _t_interval(mean_diff, se, df, confidence)
+    if se == 0.0:
+        # Both samples constant: the difference is known exactly.
+        ci_low = ci_high = mean_diff
+        statistic, p, effect = _degenerate_test(mean_diff)
+    else:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        statistic, p = float(res.statistic), float(res.pvalue)
+        pooled_sd = math.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
+        effect = mean_diff / pooled_sd
+    u = stats.mannwhitneyu(a, b, alternative="two-sided")
+    normality = _normality_p(a, b)
+    why = (
+        "Welch's t-test (Mann-Whitney U as the distribution-free check): the runs of the two "
+        "methods are independent, so the samples are compared as groups without assuming equal "
+        "variances"
+    )
+    if normality is not None and normality < 0.05:
+        why += f", and Lilliefors doubts normality (p = {normality:.3g}), so prefer Mann-Whitney"
+    return {
+        "paired": False,
+        "n_a": n1,
+        "n_b": n2,
+        "mean_diff": mean_diff,
+        "diff_ci_low": ci_low,
+        "diff_ci_high": ci_high,
+        "test": "Welch's t-test",
+        "statistic": statistic,
+        "p": p,
+        "df": float(df),
+        "nonparametric_test": "Mann-Whitney U",
+        "nonparametric_statistic": float(u.statistic),
+        "nonparametric_p": float(u.pvalue),
+        "effect_name": "Cohen's d",
+        "effect": effect,
+        "normality_p": normality,
+        "why": why + ".",
+    }
+
+
+def compare(a: Sequence[float], b: Sequence[float], paired: bool, confidence: float = 0.95) -> dict:
+    """Test method ``a`` against baseline ``b``; the difference is ``a - b``.
+
+    Paired: paired t-test, Wilcoxon signed-rank, Cohen's d_z; unpaired: Welch's t-test,
+    Mann-Whitney U, Cohen's d with pooled sd. Both need at least two runs per sample. When the
+    relevant sd is exactly zero, t is reported as 0 (p = 1) for no difference and as +-inf
+    (p = 0) otherwise; Wilcoxon ranks the differences rounded to 1e-9.
+    """
+    confidence = _check_level(confidence, "confidence")
+    xa = _as_sample(a, "a", min_n=2)
+    xb = _as_sample(b, "b", min_n=2)
+    if paired:
+        if xa.size != xb.size:
+            raise ValueError(
+                f"paired comparison needs equal lengths, got {xa.size} (a) and {xb.size} (b)"
+            )
+        return _compare_paired(xa, xb, confidence)
+    return _compare_unpaired(xa, xb, confidence)
+
+
+def compare_to_baseline(
+    samples: Mapping[str, Sequence[float]],
+    baseline: str,
+    paired: bool,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> list[dict]:
+    """``compare`` every method with ``baseline`` and Holm-correct the p-values across methods.
+
+    Each result also carries ``method``, ``baseline``, ``p_holm``, ``nonparametric_p_holm`` and
+    ``significant`` (``p_holm < alpha``).
+    """
+    alpha = _check_level(alpha, "alpha")
+    if baseline not in samples:
+        raise ValueError(f"baseline {baseline!r} not among the methods {list(samples)}")
+    methods = [m for m in samples if m != baseline]
+    if not methods:
+        raise ValueError("no method other than the baseline to compare")
+    results = []
+    for method in methods:
+        try:
+            res = compare(samples[method], samples[baseline], paired=paired, confidence=confidence)
+        except ValueError as exc:
+            raise ValueError(f"{method} vs {baseline}: {exc}") from None
+        results.append({"method": method, "baseline": baseline, **res})
+    p_holm = multipletests([r["p"] for r in results], alpha=alpha, method="holm")[1]
+    np_holm = multipletests([r["nonparametric_p"] for r in results], alpha=alpha, method="holm")[1]
+    for r, ph, nph in zip(results, p_holm, np_holm):
+        r["p_holm"] = float(ph)
+        r["nonparametric_p_holm"] = float(nph)
+        r["significant"] = bool(ph < alpha)
+    return results
+
+
+def _run_order(run: str) -> tuple[int, float, str]:
+    """Sort key: numeric runs numerically (so "10" follows "9"), any others after, by text."""
+    try:
+        return 0, float(run), run
+    except ValueError:
+        return 1, 0.0, run
+
+
+def paired_samples(
+    rows: Iterable[Mapping[str, Any]],
+    value: str = "test_acc_last",
+    key: str = "run",
+    group: str = "method",
+) -> dict[str, list[float]]:
+    """Build ``{method: [value per run, ordered by run]}`` from result rows.
+
+    Only runs present for every method are kept, so position ``i`` of every list is the same
+    run. Run keys are matched as text (csv rows give strings) and ordered numerically when they
+    are numbers. Methods keep the order in which they first appear.
+    """
+    by_group: dict[str, dict[str, float]] = {}
+    for i, row in enumerate(rows):
+        missing = [c for c in (value, key, group) if c not in row]
+        if missing:
+            raise ValueError(f"row {i}: missing column(s) {missing}")
+        method, run, raw = str(row[group]), str(row[key]), row[value]
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            where = f"row {i} ({method}, run {run})"
+            raise ValueError(f"{where}: {value}={raw!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ValueError(f"row {i} ({method}, run {run}): {value} is {raw!r}")
+        runs = by_group.setdefault(method, {})
+        if run in runs:
+            raise ValueError(f"row {i}: duplicate run {run!r} for method {method!r}")
+        runs[run] = v
+    if not by_group:
+        raise ValueError("no rows")
+    common = set.intersection(*(set(runs) for runs in by_group.values()))
+    if not common:
+        raise ValueError(f"no {key} is present for every {group} ({list(by_group)})")
+    order = sorted(common, key=_run_order)
+    return {method: [runs[r] for r in order] for method, runs in by_group.items()}

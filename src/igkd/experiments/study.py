@@ -1,0 +1,324 @@
+"""Studies: many runs of several methods (and student depths) as independent jobs, one results table.
+
+A study directory holds::
+
+    study.json      the plan (methods, runs, depths, design, seed) and the resolved config
+    teacher/        the teacher run (unless ``teacher.checkpoint`` names one)
+    ig/             the IG map store of the training set (when a method uses the overlay)
+    gallery.npz     a few training images with their IG maps and overlays, for the report
+    runs/<arm>-k<k>-r<i>/   one ordinary run directory per job
+    results.csv     one row per finished run, rewritten (atomically) as each run finishes
+
+Design: paired by default. Run ``i`` of every method (and depth) gets the same seed, so it trains on
+the same fresh stratified subset (``train_fraction`` of the training split), starts from the same
+initialisation and sees the same batches, crops and flips; only the method differs, and differences
+can be tested within pairs. ``paired=False`` gives every job its own seed.
+
+Jobs run in-process one after the other (``workers=1``) or as Ray tasks, each with its own CPU
+budget (``threads_per_run``), on a local Ray instance sized to the machine or on a cluster
+(``address``; the study directory and the data must then be on a shared file system). Results come
+back as they finish. Rerunning the same command resumes: finished runs are skipped, a run that was
+interrupted continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import METHODS, Config, config_from_dict
+from ..data.augment import blend, normalize_maps
+from ..data.control_maps import MAP_SOURCES
+from ..distill.methods import MethodSpec
+from ..errors import ConfigError
+from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from ..models.mobilenet import NUM_FEATURE_MODULES
+from ..pipeline import distill, load_datasets, open_store, precompute, run_or_reuse, train_teacher
+from ..runs import RunDir
+from ..utils import derive_seed
+
+# The paper's compression sweep: k = 3 .. 17 removed feature modules (CF 2.2 .. 1122).
+PAPER_DEPTHS = (3, 5, 7, 9, 11, 13, 15, 17)
+# Controls: "<method>+<control>" runs the method with the overlay's maps replaced.
+CONTROLS = {"unrelated_maps": "unrelated", "noise_maps": "noise"}
+COLUMNS = ("study", "method", "remove_blocks", "run", "seed", "train_images", "test_images", "params", "macs",
+           "compression_factor", "teacher_test_acc", "test_acc_last", "test_acc_at_best_val", "best_epoch",
+           "epochs", "train_time_s", "wall_time_s", "run_dir")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared variant: a method, and which maps its overlay uses (IG, or a control)."""
+
+    name: str
+    method: str
+    maps: str = "ig"
+
+    @classmethod
+    def parse(cls, name: str) -> Arm:
+        method, _, control = name.partition("+")
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r} in {name!r}; known: {', '.join(METHODS)}")
+        if not control:
+            return cls(name, method)
+        if control not in CONTROLS:
+            raise ConfigError(f"unknown control {control!r} in {name!r}; known: {', '.join(CONTROLS)}")
+        if not MethodSpec.parse(method).ig:
+            raise ConfigError(f"{name!r}: a map control needs a method with the IG overlay (ig, kd_ig, ...)")
+        return cls(name, method, CONTROLS[control])
+
+
+@dataclass
+class StudyPlan:
+    kind: str  # montecarlo | sweep
+    methods: list[str]
+    runs: int
+    remove_blocks: list[int]
+    paired: bool = True
+    train_fraction: float = 0.8
+    seed: int = 0
+    baseline: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("montecarlo", "sweep"):
+            raise ConfigError(f"unknown study kind {self.kind!r}")
+        if not self.methods:
+            raise ConfigError("a study needs at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods listed twice: {', '.join(self.methods)}")
+        for m in self.methods:
+            Arm.parse(m)
+        if self.runs < 1:
+            raise ConfigError(f"--runs must be >= 1, got {self.runs}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"--fraction must be in (0, 1], got {self.train_fraction}")
+        for k in self.remove_blocks:
+            if not 1 <= k < NUM_FEATURE_MODULES:
+                raise ConfigError(f"remove_blocks {k} out of range 1..{NUM_FEATURE_MODULES - 1}")
+        if not self.baseline:
+            self.baseline = "student" if "student" in self.methods else self.methods[0]
+
+    @property
+    def arms(self) -> list[Arm]:
+        return [Arm.parse(m) for m in self.methods]
+
+    def seed_of(self, arm: Arm, k: int, run: int) -> int:
+        """Paired: one seed per run index, shared by every arm and depth. Unpaired: one per job."""
+        key = ("run", run) if self.paired else ("run", run, arm.name, k)
+        return derive_seed(self.seed, *key) % 2**31
+
+
+@dataclass(frozen=True)
+class Job:
+    arm: Arm
+    remove_blocks: int
+    run: int
+    seed: int
+    run_dir: str  # relative to the study directory
+
+    def config(self, base: Config) -> Config:
+        cfg = copy.deepcopy(base)
+        cfg.distill.method = self.arm.method
+        cfg.augment.maps = self.arm.maps
+        cfg.student.remove_blocks = self.remove_blocks
+        cfg.train.seed = self.seed
+        return cfg
+
+
+def parse_depths(text: str) -> list[int]:
+    """``paper`` (the eight depths of the paper's sweep) or a comma-separated list of k."""
+    if text.strip() == "paper":
+        return list(PAPER_DEPTHS)
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--remove-blocks must be 'paper' or numbers like 3,5,7; got {text!r}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a study
+
+
+def run_study(cfg: Config, plan: StudyPlan, out: str | Path, workers: int | None = None,
+              threads_per_run: int | None = None, address: str | None = None,
+              progress: bool | None = None, on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run (or resume) the study in ``out``; return the rows of ``results.csv``."""
+    out = Path(out)
+    cfg = copy.deepcopy(cfg)
+    cfg.train.subset_fraction = plan.train_fraction
+    _claim(out, cfg, plan)
+
+    if cfg.teacher.checkpoint is None:
+        teacher_cfg = copy.deepcopy(cfg)
+        run_or_reuse(out / "teacher", teacher_cfg, train_teacher, "teacher", progress=progress)
+        cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
+    if not cfg.ig.store and not cfg.ig.cache_dir:
+        cfg.ig.cache_dir = str(out / "ig")
+    if any(MethodSpec.parse(a.method).ig and a.maps != "noise" for a in plan.arms):
+        result = precompute(cfg, progress=progress)
+        print(f"IG maps: {result.path}", flush=True)
+        if not (out / "gallery.npz").exists():
+            write_gallery(cfg, out / "gallery.npz")
+
+    jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
+            for k in plan.remove_blocks for i in range(plan.runs) for arm in plan.arms]
+    todo = [j for j in jobs if not RunDir(out / j.run_dir).complete]
+    print(f"study {out}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished", flush=True)
+
+    def finished(job: Job, summary: dict) -> None:
+        rows = write_results(out, jobs)
+        print(f"  done {job.run_dir}: test accuracy {summary['test_acc_last']:.2f} % "
+              f"({len(rows)}/{len(jobs)} runs finished)", flush=True)
+        if on_result is not None:
+            on_result(summary)
+
+    if not todo:
+        return write_results(out, jobs)
+    if workers == 1:
+        for job in todo:
+            finished(job, run_job(job.config(cfg).to_dict(), str(out / job.run_dir), threads_per_run))
+    else:
+        _run_on_ray(cfg, out, todo, workers, threads_per_run, address, finished)
+    return write_results(out, jobs)
+
+
+def run_job(cfg_dict: dict, run_dir: str, threads: int | None = None) -> dict:
+    """One run of a study, in whatever process executes it: resumes from its checkpoint if begun."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config_from_dict(cfg_dict)
+    if threads:
+        cfg.train.threads = threads
+    run = RunDir(run_dir)
+    if run.complete:
+        return run.summary()
+    return distill(cfg, run_dir, resume=run.checkpoint.is_file(), progress=False)
+
+
+def _run_on_ray(cfg: Config, out: Path, todo: list[Job], workers: int | None, threads_per_run: int | None,
+                address: str | None, finished: Callable[[Job, dict], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("studies with --workers other than 1 run on Ray: pip install 'ray>=2' "
+                          "(or pass --workers 1)") from None
+    threads = threads_per_run or 1
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        cpus = os.cpu_count() or 1
+        if workers:
+            cpus = workers * threads
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+    try:
+        task = ray.remote(num_cpus=threads)(run_job)
+        pending = {task.remote(j.config(cfg).to_dict(), str((out / j.run_dir).resolve()), threads): j
+                   for j in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    summary = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.cause if getattr(e, "cause", None) is not None else e
+                    raise type(cause)(str(cause).strip().splitlines()[-1]) if isinstance(
+                        cause, ConfigError) else RuntimeError(f"{job.run_dir} failed: {cause}") from None
+                finished(job, summary)
+    finally:
+        ray.shutdown()
+
+
+def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
+    """Write study.json, or check that the study already in ``out`` is this one."""
+    record = {"kind": plan.kind, "plan": asdict(plan), "methods": plan.methods, "runs": plan.runs,
+              "remove_blocks": plan.remove_blocks, "paired": plan.paired, "train_fraction": plan.train_fraction,
+              "baseline": plan.baseline, "dataset": cfg.data.name, "config": cfg.to_dict()}
+    path = out / "study.json"
+    if path.exists():
+        old = read_json(path)
+        if old.get("config") != record["config"] or old.get("plan", {}).get("paired") != plan.paired \
+                or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
+            raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
+        # More runs, methods or depths extend a study; what was run stays valid.
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+def result_row(study: Path, job: Job, summary: dict) -> dict:
+    row = {"study": study.name, "method": job.arm.name, "remove_blocks": job.remove_blocks, "run": job.run,
+           "seed": job.seed, "run_dir": job.run_dir}
+    for key in COLUMNS:
+        if key not in row:
+            row[key] = summary.get(key)
+    return row
+
+
+def write_results(out: Path, jobs: list[Job]) -> list[dict]:
+    """``results.csv`` from the summaries of every finished run (and the teacher's accuracy in study.json)."""
+    rows = [result_row(out, j, RunDir(out / j.run_dir).summary()) for j in jobs if RunDir(out / j.run_dir).complete]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    teacher = out / "teacher" / "summary.json"
+    if teacher.exists():
+        study = read_json(out / "study.json")
+        t = read_json(teacher)
+        study["teacher"] = {"test_acc": t.get("test_acc_last"), "params": t.get("params"), "macs": t.get("macs")}
+        write_json(out / "study.json", study)
+    elif rows and rows[0].get("teacher_test_acc") is not None:
+        study = read_json(out / "study.json")
+        study["teacher"] = {"test_acc": rows[0]["teacher_test_acc"]}
+        write_json(out / "study.json", study)
+    return rows
+
+
+def read_results(out: str | Path) -> list[dict]:
+    path = Path(out) / "results.csv"
+    if not path.exists():
+        raise ConfigError(f"no results.csv in {out}: run `igkd montecarlo` or `igkd sweep` there first")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_gallery(cfg: Config, path: Path, count: int = 8) -> None:
+    """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5)."""
+    ds = load_datasets(cfg)
+    from ..models import state_dict_hash
+    from ..runs import load_state_dict
+
+    store = open_store(cfg, ds, state_dict_hash(load_state_dict(cfg.teacher.checkpoint)))
+    picks = []
+    for c in range(ds.train.num_classes):
+        hits = torch.nonzero(ds.train.y == c).squeeze(1)
+        if len(hits):
+            picks.append(int(hits[0]))
+    picks = picks[:count]
+    x = ds.train.x[picks]
+    maps = store.get(picks)
+    normalized = normalize_maps(maps, torch.full((len(picks),), 1.5))
+    over = blend(x.float() / 255, normalized, cfg.augment.mix)
+    buf = io.BytesIO()
+    np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=(over * 255).round().to(torch.uint8).numpy(),
+             labels=ds.train.y[picks].numpy(), classes=np.array([ds.train.classes[int(c)] for c in ds.train.y[picks]]))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+__all__ = ["CONTROLS", "MAP_SOURCES", "PAPER_DEPTHS", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
+           "run_job", "run_study", "write_gallery", "write_results"]

@@ -1,0 +1,145 @@
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from igkd.errors import ConfigError
+from igkd.experiments.report import fmt_p, write_report
+
+FIELDS = ("study,method,remove_blocks,run,seed,train_images,test_images,params,macs,"
+          "compression_factor,teacher_test_acc,test_acc_last,test_acc_at_best_val,best_epoch,"
+          "epochs,train_time_s,wall_time_s,run_dir").split(",")
+METHODS = ["student", "kd", "kd_ig"]
+OFFSET = {"student": 0.0, "kd": 0.8, "kd_ig": 1.5, "kd_ig+noise_maps": 0.3}
+SHIFT = {"student": 0, "kd": 1, "kd_ig": 2, "kd_ig+noise_maps": 3}
+CF = {5: 4.12, 7: 12.5}
+
+
+def accuracy(method: str, k: int, run: int) -> float:
+    """Deterministic fake accuracies: a method offset, a per-run effect shared by all methods
+    (what pairing removes) and a little method-specific noise."""
+    noise = 0.13 * ((run * 7 + 3 * SHIFT[method]) % 5)
+    return round(88.0 - 2.0 * (k - 5) + OFFSET[method] + 0.7 * run + noise, 2)
+
+
+def make_study(root, groups=(5,), methods=METHODS, runs=4, paired=True, gallery_channels=1):
+    root.mkdir(exist_ok=True)
+    study = {"kind": "sweep" if len(groups) > 1 else "montecarlo", "methods": list(methods),
+             "runs": runs, "paired": paired, "train_fraction": 0.8, "remove_blocks": list(groups),
+             "baseline": "student", "dataset": "fashion_mnist",
+             "teacher": {"test_acc": 91.3, "params": 2_236_682, "macs": 6_000_000}, "config": {}}
+    (root / "study.json").write_text(json.dumps(study))
+    rows = []
+    for k in groups:
+        for method in methods:
+            for run in range(runs):
+                run_dir = f"runs/k{k}/{method}/run{run}"
+                acc = accuracy(method, k, run)
+                (root / run_dir).mkdir(parents=True)
+                with (root / run_dir / "metrics.jsonl").open("w") as f:
+                    for epoch in range(1, 4):
+                        f.write(json.dumps({"epoch": epoch, "lr": 0.01, "loss": 1.0 / epoch,
+                                            "loss_ce": 1.0 / epoch, "train_acc": 80.0 + epoch,
+                                            "val_acc": float("nan"), "test_acc": acc - 3 + epoch,
+                                            "epoch_time_s": 1.0}) + "\n")
+                rows.append({"study": "s", "method": method, "remove_blocks": k, "run": run,
+                             "seed": 100 + run, "train_images": 48000, "test_images": 10000,
+                             "params": 543498, "macs": 1_000_000, "compression_factor": CF[k],
+                             "teacher_test_acc": 91.3, "test_acc_last": acc,
+                             "test_acc_at_best_val": "" if run == 0 else acc - 0.1,
+                             "best_epoch": "" if run == 0 else 3, "epochs": 3,
+                             "train_time_s": 10.0, "wall_time_s": 11.0, "run_dir": run_dir})
+    with (root / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    n, c = 3, gallery_channels
+    np.savez(root / "gallery.npz",
+             images=np.random.default_rng(0).integers(0, 255, (n, c, 8, 8), dtype=np.uint8),
+             maps=np.random.default_rng(1).normal(size=(n, 8, 8)).astype(np.float32),
+             overlays=np.random.default_rng(2).integers(0, 255, (n, c, 8, 8), dtype=np.uint8),
+             labels=np.arange(n, dtype=np.int64), classes=np.array(["shirt", "bag", "boot"]))
+    return root
+
+
+def md_rows(md: str, first_cell: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("|")]
+    return [r for r in rows if r[0] == first_cell]
+
+
+def assert_self_contained(html: str):
+    assert "data:image/png;base64," in html
+    assert "<script" not in html.lower()
+    assert not re.search(r"https?://", html)
+    for link in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert link.startswith("data:image/png;base64,"), link
+
+
+def test_montecarlo_report(tmp_path):
+    study = make_study(tmp_path / "study")
+    html_path, md_path = write_report(study)
+    assert (html_path, md_path) == (study / "report.html", study / "report.md")
+    html, md = html_path.read_text(), md_path.read_text()
+    assert_self_contained(html)
+    assert html.count("data:image/png;base64,") == 3  # runs, learning curves, gallery
+    assert "fashion_mnist" in md and "91.30" in md and "paired" in md
+
+    # The summary table (first "kd" row) holds kd's mean over the written runs.
+    kd = [accuracy("kd", 5, r) for r in range(4)]
+    summary = md_rows(md, "kd")[0]
+    assert summary[1] == "4" and summary[3] == f"{np.mean(kd):.2f}"
+    assert summary[2] == f"{min(kd):.2f}" and summary[4] == f"{max(kd):.2f}"
+
+    # The comparison is paired: its p-value is the paired t-test's.
+    student = [accuracy("student", 5, r) for r in range(4)]
+    p = stats.ttest_rel(kd, student).pvalue
+    comparison = md_rows(md, "kd")[1]
+    assert "paired t-test" in comparison and fmt_p(p) in comparison
+    assert re.search(r"Test choice( for [^:]+)?: paired t-test", md)
+
+    for name in ("accuracy_per_method", "learning_curves", "gallery"):
+        assert (study / "report_files" / f"{name}.png").is_file()
+        assert f"(report_files/{name}.png)" in md
+    assert not (study / "report_files" / "accuracy_vs_compression.png").exists()
+
+
+def test_sweep_report_unpaired(tmp_path):
+    methods = ["student", "kd_ig", "kd_ig+noise_maps"]
+    study = make_study(tmp_path / "sweep", groups=(5, 7), methods=methods, paired=False,
+                       gallery_channels=3)
+    (study / "bench.json").write_text(json.dumps([{"model": "student", "latency_ms": 1.234}]))
+    html_path, md_path = write_report(study)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert_self_contained(html)
+    assert (study / "report_files" / "accuracy_vs_compression.png").is_file()
+    assert "Welch's t-test" in md and "Mann-Whitney U" in md
+    # Sweep table: one row per k with the CF and every method's mean.
+    row = md_rows(md, "7")[0]
+    assert row[1] == "12.50"
+    assert row[3] == f"{np.mean([accuracy('kd_ig', 7, r) for r in range(4)]):.2f}"
+    assert "kd_ig+noise_maps" in md and "latency_ms" in md and "1.23" in md
+
+
+def test_too_few_runs_still_renders(tmp_path):
+    study = make_study(tmp_path / "one", runs=1)
+    _, md_path = write_report(study)
+    assert "No comparison yet" in md_path.read_text()
+
+
+def test_missing_or_empty_results(tmp_path):
+    with pytest.raises(ConfigError, match="results.csv"):
+        write_report(tmp_path)
+    (tmp_path / "results.csv").write_text(",".join(FIELDS) + "\n")
+    with pytest.raises(ConfigError, match="no finished runs"):
+        write_report(tmp_path)
+
+
+def test_report_does_not_import_torch():
+    code = "import sys, igkd.experiments.report; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

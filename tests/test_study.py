@@ -1,0 +1,150 @@
+"""Studies end to end on a small real subset: montecarlo -> results.csv -> report -> evaluate; controls."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from igkd.cli import main
+from igkd.data.control_maps import derangement, noise_maps, unrelated_maps
+from igkd.errors import ConfigError
+from igkd.experiments.study import Arm, StudyPlan, parse_depths
+
+from .conftest import FASHION_MNIST, require
+
+SMALL = ["data.train_size=400", "data.test_size=300", "data.val_fraction=0.1", "train.epochs=1",
+         "teacher_train.epochs=1", "teacher.width_mult=0.25", "train.device=cpu", "teacher_train.device=cpu",
+         "ig.n_steps=8", "ig.chunk_size=256"]
+
+
+def _sets(items):
+    return [x for item in items for x in ("--set", item)]
+
+
+def _rows(study):
+    with open(study / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A paired study, 2 runs x 2 methods (and the unrelated-maps control), 1 epoch, in-process."""
+    require(FASHION_MNIST, "Fashion-MNIST")
+    out = tmp_path_factory.mktemp("study")
+    assert main(["montecarlo", "-c", "cpu-fashion-mnist", "--methods", "student,kd_ig,kd_ig+unrelated_maps",
+                 "--runs", "2", "--out", str(out), "--workers", "1", "--threads-per-run", "1",
+                 *_sets(SMALL)]) == 0
+    return out
+
+
+def test_montecarlo_writes_one_row_per_run_with_a_paired_design(study):
+    rows = _rows(study)
+    assert sorted((r["method"], r["run"]) for r in rows) == sorted(
+        (m, str(i)) for m in ("student", "kd_ig", "kd_ig+unrelated_maps") for i in range(2))
+    by_run = {}
+    for r in rows:
+        by_run.setdefault(r["run"], set()).add((r["seed"], r["train_images"]))
+        assert 0 <= float(r["test_acc_last"]) <= 100 and r["test_images"] == "300"
+        assert (study / r["run_dir"] / "metrics.jsonl").is_file()
+    # paired: every method of run i shares its seed and its subset size; runs differ in seed
+    assert all(len(v) == 1 for v in by_run.values())
+    assert len({next(iter(v))[0] for v in by_run.values()}) == 2
+    # 0.8 of the 360-image training split (400 less the 10 % validation split), stratified:
+    # each class keeps 36 - round(0.2 * 36) = 29 images
+    assert {r["train_images"] for r in rows} == {"290"}
+    plan = json.loads((study / "study.json").read_text())
+    assert plan["paired"] and plan["teacher"]["test_acc"] is not None
+    gallery = torch.from_numpy(__import__("numpy").load(study / "gallery.npz")["maps"])
+    assert gallery.shape[1:] == (28, 28) and torch.isfinite(gallery).all()
+
+
+def test_same_command_resumes_and_skips_finished_runs(study, capsys):
+    before = {r["run_dir"]: r["test_acc_last"] for r in _rows(study)}
+    assert main(["montecarlo", "-c", "cpu-fashion-mnist", "--methods", "student,kd_ig,kd_ig+unrelated_maps",
+                 "--runs", "2", "--out", str(study), "--workers", "1", "--threads-per-run", "1",
+                 *_sets(SMALL)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs, 6 already finished" in out and "reusing" in out
+    assert {r["run_dir"]: r["test_acc_last"] for r in _rows(study)} == before
+    # another design in the same folder is refused, not mixed in
+    code = main(["montecarlo", "-c", "cpu-fashion-mnist", "--methods", "student", "--runs", "2", "--unpaired",
+                 "--out", str(study), "--workers", "1", *_sets(SMALL)])
+    assert code == 2 and "another study" in capsys.readouterr().err
+
+
+def test_report_and_evaluate_from_the_study(study, capsys):
+    assert main(["report", str(study)]) == 0
+    html = (study / "report.html").read_text()
+    assert "data:image/png;base64," in html and "kd_ig+unrelated_maps" in html
+    md = (study / "report.md").read_text()
+    assert "paired t-test" in md or "Wilcoxon" in md
+    run_dir = study / _rows(study)[0]["run_dir"]
+    out_json = study / "eval.json"
+    assert main(["evaluate", "-c", "cpu-fashion-mnist", "--checkpoint", str(run_dir / "model.pt"),
+                 "--json", str(out_json), *_sets(SMALL)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out_json.read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert r["role"] == "student" and r["remove_blocks"] == 5 and r["images"] == 300
+    assert r["accuracy"] == pytest.approx(summary["test_acc_last"])  # the run's own number, recomputed
+    assert r["input_convention"]["name"] == "normalized" and "input convention: normalized" in printed
+    assert sum(map(sum, r["confusion_matrix"])) == 300
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_same_results_as_in_process(study, tmp_path):
+    pytest.importorskip("ray")
+    ray_dir = tmp_path / "ray"
+    assert main(["montecarlo", "-c", "cpu-fashion-mnist", "--methods", "student,kd_ig,kd_ig+unrelated_maps",
+                 "--runs", "2", "--out", str(ray_dir), "--workers", "2", "--threads-per-run", "1",
+                 "--set", f"teacher.checkpoint={study / 'teacher' / 'model.pt'}", *_sets(SMALL)]) == 0
+    ours = {(r["method"], r["run"]): r["test_acc_last"] for r in _rows(ray_dir)}
+    theirs = {(r["method"], r["run"]): r["test_acc_last"] for r in _rows(study)}
+    assert ours == theirs
+
+
+# -- controls and plans, fast ---------------------------------------------------------------------
+
+
+def test_derangement_moves_every_image_and_is_seeded():
+    for n in (2, 3, 10, 1000):
+        p = derangement(n, seed=n)
+        assert sorted(p.tolist()) == list(range(n)) and bool((p != torch.arange(n)).all())
+    assert torch.equal(derangement(50, 1), derangement(50, 1)) and not torch.equal(derangement(50, 1),
+                                                                                     derangement(50, 2))
+    maps = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 2)
+    moved = unrelated_maps(maps, 0)
+    assert all(moved[i, 0, 0] != i for i in range(5))
+
+
+def test_noise_maps_are_smooth_non_negative_and_seeded():
+    m = noise_maps(4, 28, 28, seed=0)
+    assert m.shape == (4, 28, 28) and bool((m >= 0).all())
+    assert torch.equal(m, noise_maps(4, 28, 28, seed=0))
+    # smooth: neighbouring pixels differ far less than in independent noise of the same kind
+
+    def roughness(t):
+        return float((t[:, 1:] - t[:, :-1]).abs().mean() / t.std())
+
+    iid = torch.randn(4, 28, 28, generator=torch.Generator().manual_seed(0)).abs()
+    assert roughness(m) < 0.5 * roughness(iid)
+
+
+def test_plans_and_arms_are_checked_up_front():
+    assert Arm.parse("kd_ig+noise_maps") == Arm("kd_ig+noise_maps", "kd_ig", "noise")
+    with pytest.raises(ConfigError, match="needs a method with the IG overlay"):
+        Arm.parse("kd+unrelated_maps")
+    with pytest.raises(ConfigError, match="unknown control"):
+        Arm.parse("kd_ig+random")
+    with pytest.raises(ConfigError, match="unknown method"):
+        StudyPlan("montecarlo", ["student", "kdig"], 2, [5])
+    with pytest.raises(ConfigError, match="out of range"):
+        StudyPlan("sweep", ["student"], 2, [19])
+    assert parse_depths("paper") == [3, 5, 7, 9, 11, 13, 15, 17] and parse_depths("3,5") == [3, 5]
+    paired = StudyPlan("montecarlo", ["student", "kd"], 3, [5])
+    assert paired.seed_of(Arm.parse("student"), 5, 1) == paired.seed_of(Arm.parse("kd"), 5, 1)
+    unpaired = StudyPlan("montecarlo", ["student", "kd"], 3, [5], paired=False)
+    assert unpaired.seed_of(Arm.parse("student"), 5, 1) != unpaired.seed_of(Arm.parse("kd"), 5, 1)
