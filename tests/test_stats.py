@@ -330,3 +330,10 @@ def test_paired_samples_custom_columns():
 def test_paired_samples_errors(text, match):
     with pytest.raises(ValueError, match=match):
         paired_samples(_csv_rows(text))
+
+
+def test_paired_difference_constant_up_to_float_noise_is_degenerate():
+    b = [90.11, 91.25, 89.73, 90.5]
+    a = [x + 1.2 for x in b]  # differences equal up to float rounding (sd ~ 1e-15)
+    r = compare(a, b, paired=True)
+    assert r["p"] == 0.0 and math.isinf(r["statistic"]) and r["mean_diff"] == pytest.approx(1.2)

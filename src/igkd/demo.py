@@ -14,7 +14,14 @@ from .config import METHODS, Config
 from .distill.methods import MethodSpec
 from .errors import ConfigError
 from .fileio import write_json
-from .pipeline import distill, precompute, run_or_reuse, train_teacher
+from .pipeline import (
+    TEACHER_SECTIONS,
+    distill,
+    precompute,
+    run_or_reuse,
+    teacher_config,
+    train_teacher,
+)
 from .reporting import format_table
 
 
@@ -25,9 +32,8 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     out = Path(out)
     t0 = time.perf_counter()
     n_steps = 2 + len(methods)
-    teacher_cfg = copy.deepcopy(cfg)
-    teacher_cfg.teacher.checkpoint = None
-    teacher_dir = out / f"teacher-{teacher_cfg.digest('data', 'teacher', 'teacher_train', 'augment')}"
+    teacher_cfg = teacher_config(cfg)
+    teacher_dir = out / f"teacher-{teacher_cfg.digest(*TEACHER_SECTIONS)}"
     teacher = run_or_reuse(teacher_dir, teacher_cfg, train_teacher, "teacher", f"[1/{n_steps}]")
 
     cfg = copy.deepcopy(cfg)

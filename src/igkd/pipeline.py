@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -108,6 +109,23 @@ def _finish(run: RunDir, history: list[dict], extra: dict) -> dict:
     summary = {**extra, **summarize(history)}
     write_json(run.file("summary.json"), summary)
     return summary
+
+
+TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "augment")
+
+
+def teacher_config(cfg: Config) -> Config:
+    """The config of ``cfg``'s teacher run: the sections that make the teacher, everything else default.
+
+    So a teacher is reused whatever the students' settings, and retrained when what makes it changes.
+    """
+    out = Config()
+    for section in TEACHER_SECTIONS:
+        setattr(out, section, copy.deepcopy(getattr(cfg, section)))
+    out.teacher.checkpoint = None
+    out.augment.overlay_p = Config().augment.overlay_p  # the teacher trains without the overlay
+    out.augment.maps = Config().augment.maps
+    return out
 
 
 def run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str = "", progress: bool | None = None) -> dict:

@@ -436,10 +436,12 @@ def gallery_section(study: Study, max_images: int = 12) -> Section | None:
             classes = None
     k = min(len(images), max_images)
     fig, axes = plt.subplots(k, 3, figsize=(6, 2 * k), squeeze=False)
+    signed = bool((maps < 0).any())  # igkd's maps are sums of |attribution|: non-negative
     for i in range(k):
         limit = float(np.abs(maps[i]).max()) or 1.0
-        panels = [(_as_image(images[i]), {}), (maps[i], {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
-                  (_as_image(overlays[i]), {})]
+        scale = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit} if signed else {"cmap": "magma", "vmin": 0,
+                                                                                  "vmax": limit}
+        panels = [(_as_image(images[i]), {}), (maps[i], scale), (_as_image(overlays[i]), {})]
         for j, (picture, kwargs) in enumerate(panels):
             ax = axes[i][j]
             if picture.ndim == 2 and not kwargs:
@@ -450,7 +452,8 @@ def gallery_section(study: Study, max_images: int = 12) -> Section | None:
         axes[i][0].set_ylabel(_class_name(classes, labels, i), fontsize=8)
     for j, title in enumerate(["image", "IG map", "overlay"]):
         axes[0][j].set_title(title, fontsize=9)
-    caption = "Gallery: input, raw integrated-gradients map (red positive, blue negative), overlay."
+    what = "red positive, blue negative" if signed else "sum over channels of |attribution|, bright = large"
+    caption = f"Gallery: input, integrated-gradients map ({what}; each map on its own scale), overlay (s = 1.5)."
     return Section("Integrated-gradients gallery", [figure(fig, "gallery", caption)])
 
 

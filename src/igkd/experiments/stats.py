@@ -116,15 +116,16 @@ def _compare_paired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
     sd_d = float(np.std(d, ddof=1))
     df = float(n - 1)
     ci_low, ci_high = _t_interval(mean_diff, sd_d / math.sqrt(n), df, confidence)
-    if sd_d == 0.0:
+    # Rank rounded differences: float noise (91.31 - 90.11 vs 92.45 - 91.25) must not break the
+    # ties and zeros that the signed-rank test treats specially, nor turn a constant difference
+    # into a t statistic of 1e14.
+    d_rank = np.round(d, _RANK_DECIMALS)
+    if sd_d == 0.0 or np.all(d_rank == d_rank[0]):
         statistic, p, effect = _degenerate_test(mean_diff)
     else:
         res = stats.ttest_rel(a, b)
         statistic, p = float(res.statistic), float(res.pvalue)
         effect = mean_diff / sd_d
-    # Rank rounded differences: float noise (91.31 - 90.11 vs 92.45 - 91.25) must not break the
-    # ties and zeros that the signed-rank test treats specially.
-    d_rank = np.round(d, _RANK_DECIMALS)
     if np.all(d_rank == 0.0):
         # Wilcoxon drops zero differences; with none left there is no evidence of a difference.
         w_stat, w_p = 0.0, 1.0

@@ -41,7 +41,15 @@ from ..distill.methods import MethodSpec
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
 from ..models.mobilenet import NUM_FEATURE_MODULES
-from ..pipeline import distill, load_datasets, open_store, precompute, run_or_reuse, train_teacher
+from ..pipeline import (
+    distill,
+    load_datasets,
+    open_store,
+    precompute,
+    run_or_reuse,
+    teacher_config,
+    train_teacher,
+)
 from ..runs import RunDir
 from ..utils import derive_seed
 
@@ -157,8 +165,7 @@ def run_study(cfg: Config, plan: StudyPlan, out: str | Path, workers: int | None
     _claim(out, cfg, plan)
 
     if cfg.teacher.checkpoint is None:
-        teacher_cfg = copy.deepcopy(cfg)
-        run_or_reuse(out / "teacher", teacher_cfg, train_teacher, "teacher", progress=progress)
+        run_or_reuse(out / "teacher", teacher_config(cfg), train_teacher, "teacher", progress=progress)
         cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
     if not cfg.ig.store and not cfg.ig.cache_dir:
         cfg.ig.cache_dir = str(out / "ig")
