@@ -410,7 +410,8 @@ def learning_curves_section(study: Study) -> Section | None:
             if not by_epoch:
                 continue
             epochs = sorted(by_epoch)
-            ax.plot(epochs, [np.mean(by_epoch[e]) for e in epochs], color=f"C{i}", label=method)
+            ax.plot(epochs, [np.mean(by_epoch[e]) for e in epochs], color=f"C{i}", label=method,
+                    marker="o" if len(epochs) <= 20 else None, markersize=3)
             ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs],
                             [max(by_epoch[e]) for e in epochs], color=f"C{i}", alpha=0.2, lw=0)
         ax.set_title(group_title(study, group), fontsize=9)
