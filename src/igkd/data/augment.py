@@ -169,11 +169,19 @@ def ig_overlay(
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be in [0, 1], got {mix}")
     draw = draw_overlay(images01.shape[0], p, generator, power_range, images01.device)
+    return _apply_overlay(images01, maps, draw, mix), draw.chosen
+
+
+def _apply_overlay(images01: torch.Tensor, maps: torch.Tensor, draw: OverlayDraw, mix: float,
+                   cf: CropFlip | None = None) -> torch.Tensor:
+    """Blend the chosen images with their whole-map-normalised maps (cropped and flipped by ``cf``)."""
     idx = draw.index
     if idx.numel() == 0:
-        return images01.clone(), draw.chosen
+        return images01.clone()
     normalized = normalize_maps(maps.to(images01.device)[idx], draw.exponents[idx])
-    return images01.index_copy(0, idx, blend(images01[idx], normalized, mix)), draw.chosen
+    if cf is not None:
+        normalized = cf.select(idx).apply(normalized)
+    return images01.index_copy(0, idx, blend(images01[idx], normalized, mix))
 
 
 def augment_batch(
@@ -200,10 +208,4 @@ def augment_batch(
         return out
     _check_overlay_args(images01, maps)
     draw = draw_overlay(b, overlay_p, overlay_generator or generator, power_range, images01.device)
-    idx = draw.index
-    if idx.numel() == 0:
-        return out
-    normalized = normalize_maps(maps.to(images01.device)[idx], draw.exponents[idx])
-    if cf is not None:
-        normalized = cf.select(idx).apply(normalized)
-    return out.index_copy(0, idx, blend(out[idx], normalized, mix))
+    return _apply_overlay(out, maps, draw, mix, cf)

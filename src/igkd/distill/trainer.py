@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
@@ -15,7 +14,7 @@ from ..data.augment import augment_batch
 from ..data.image_dataset import ImageDataset
 from ..fileio import atomic_torch_save
 from ..runs import RunDir
-from ..utils import derive_seed
+from ..utils import derive_seed, progress_bar
 from .methods import Distiller
 
 
@@ -112,8 +111,8 @@ def fit(
         correct = torch.zeros((), device=device)
         seen = 0
         batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                           enabled=progress)
         for i in bar:
             pos = order[i:i + cfg.batch_size]
             if len(pos) < 2:  # batch norm cannot train on one sample
