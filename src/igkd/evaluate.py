@@ -83,9 +83,9 @@ def model_from_checkpoint(cfg: Config, num_classes: int, in_channels: int, path:
     teacher = build_teacher(cfg, num_classes, in_channels)
     kept = max(feature_ids) + 1
     if kept == len(teacher.features):
-        return load_weights(teacher, path), "teacher", None
+        return load_weights(teacher, path, state), "teacher", None
     k = len(teacher.features) - kept
-    return load_weights(truncated_student(teacher, k), path), "student", k
+    return load_weights(truncated_student(teacher, k), path, state), "student", k
 
 
 def convention_for(name: str, trained: InputConvention) -> InputConvention:

@@ -37,8 +37,9 @@ def load_state_dict(path: str | Path) -> dict:
     return obj
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    state = load_state_dict(path)
+def load_weights(model: torch.nn.Module, path: str | Path, state: dict | None = None) -> torch.nn.Module:
+    """``model`` with the weights in ``path`` (or ``state``, already read from it), strictly."""
+    state = load_state_dict(path) if state is None else state
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

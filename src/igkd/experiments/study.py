@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..attribution import MapStore
 from ..config import METHODS, Config, config_from_dict
 from ..data.augment import blend, normalize_maps
 from ..data.control_maps import MAP_SOURCES
@@ -44,7 +45,6 @@ from ..models.mobilenet import NUM_FEATURE_MODULES
 from ..pipeline import (
     distill,
     load_datasets,
-    open_store,
     precompute,
     run_or_reuse,
     teacher_config,
@@ -172,8 +172,8 @@ def run_study(cfg: Config, plan: StudyPlan, out: str | Path, workers: int | None
     if any(MethodSpec.parse(a.method).ig and a.maps != "noise" for a in plan.arms):
         result = precompute(cfg, progress=progress)
         print(f"IG maps: {result.path}", flush=True)
-        if not (out / "gallery.npz").exists():
-            write_gallery(cfg, out / "gallery.npz")
+        if not (out / "gallery.npz").exists() and result.store is not None:
+            write_gallery(cfg, result.store, out / "gallery.npz")
 
     jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
             for k in plan.remove_blocks for i in range(plan.runs) for arm in plan.arms]
@@ -304,13 +304,9 @@ def read_results(out: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_gallery(cfg: Config, path: Path, count: int = 8) -> None:
+def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> None:
     """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5)."""
     ds = load_datasets(cfg)
-    from ..models import state_dict_hash
-    from ..runs import load_state_dict
-
-    store = open_store(cfg, ds, state_dict_hash(load_state_dict(cfg.teacher.checkpoint)))
     picks = []
     for c in range(ds.train.num_classes):
         hits = torch.nonzero(ds.train.y == c).squeeze(1)
