@@ -167,31 +167,80 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             setattr(obj, key, _check_value(where, hints[key], value))
 
 
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+IG_DTYPES = ("float16", "float32")
+
+
+def _device_ok(name: str) -> bool:
+    if name in ("auto", "cpu", "cuda"):
+        return True
+    head, _, index = name.partition(":")
+    return head == "cuda" and index.isdigit()
+
+
+def _one_of(values) -> str:
+    return "one of " + ", ".join(str(v) for v in values)
+
+
 def _validate(cfg: Config) -> None:
+    """Every value checked against the lists owned by the code that uses it, before anything runs."""
+    # Imported here: the owners of these lists import the config module themselves.
+    from .attribution.identity import BASELINES
+    from .attribution.ig import SUPPORTED_METHODS
+    from .data.catalog import KNOWN_DATASETS
+    from .models import MODEL_NAMES, NUM_FEATURE_MODULES
+
+    d, t, ig, a, k = cfg.data, cfg.teacher, cfg.ig, cfg.augment, cfg.student.remove_blocks
     checks = [
-        (cfg.distill.method in METHODS, "distill.method", f"one of {', '.join(METHODS)}"),
-        (cfg.train.optimizer in ("adam", "sgd"), "train.optimizer", "adam or sgd"),
-        (cfg.teacher_train.optimizer in ("adam", "sgd"), "teacher_train.optimizer", "adam or sgd"),
-        (cfg.train.schedule in ("constant", "cosine"), "train.schedule", "constant or cosine"),
-        (cfg.teacher_train.schedule in ("constant", "cosine"), "teacher_train.schedule", "constant or cosine"),
-        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)"),
-        (0.0 <= cfg.augment.overlay_p <= 1.0, "augment.overlay_p", "in [0, 1]"),
-        (cfg.augment.maps in MAP_SOURCES, "augment.maps", f"one of {', '.join(MAP_SOURCES)}"),
-        (0.0 < cfg.train.subset_fraction <= 1.0, "train.subset_fraction", "in (0, 1]"),
-        (0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha", "in [0, 1]"),
-        (cfg.distill.temperature > 0, "distill.temperature", "> 0"),
-        (cfg.train.epochs >= 1 and cfg.teacher_train.epochs >= 1, "train.epochs", ">= 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size", ">= 1"),
-        (cfg.ig.n_steps >= 1, "ig.n_steps", ">= 1"),
-        (cfg.ig.dtype in ("float16", "float32"), "ig.dtype", "float16 or float32"),
-        (cfg.ig.baseline in ("zeros-normalized", "black"), "ig.baseline", "zeros-normalized or black"),
-        (len(cfg.augment.power_range) == 2 and 0 < cfg.augment.power_range[0] <= cfg.augment.power_range[1],
-         "augment.power_range", "[lo, hi] with 0 < lo <= hi"),
-        (len(cfg.teacher.strides) == 5, "teacher.strides", "five values"),
+        ("data.name", d.name, d.name in KNOWN_DATASETS, _one_of(KNOWN_DATASETS)),
+        ("data.train_size", d.train_size, d.train_size is None or d.train_size >= 1, ">= 1 or null"),
+        ("data.test_size", d.test_size, d.test_size is None or d.test_size >= 1, ">= 1 or null"),
+        ("data.val_fraction", d.val_fraction, 0.0 <= d.val_fraction < 1.0, "in [0, 1)"),
+        ("teacher.arch", t.arch, t.arch in MODEL_NAMES, _one_of(MODEL_NAMES)),
+        ("teacher.width_mult", t.width_mult, t.width_mult > 0, "> 0"),
+        ("teacher.strides", t.strides, len(t.strides) == 5 and all(v in (1, 2) for v in t.strides),
+         "five values, each 1 or 2"),
+        ("teacher.dropout", t.dropout, 0.0 <= t.dropout < 1.0, "in [0, 1)"),
+        ("student.remove_blocks", k, 1 <= k < NUM_FEATURE_MODULES, f"in 1..{NUM_FEATURE_MODULES - 1}"),
+        ("ig.method", ig.method, ig.method in SUPPORTED_METHODS, _one_of(SUPPORTED_METHODS)),
+        ("ig.n_steps", ig.n_steps, ig.n_steps >= (1 if ig.method == "gausslegendre" else 2),
+         ">= 1 (>= 2 for Riemann methods)"),
+        ("ig.baseline", ig.baseline, ig.baseline in BASELINES, _one_of(BASELINES)),
+        ("ig.dtype", ig.dtype, ig.dtype in IG_DTYPES, _one_of(IG_DTYPES)),
+        ("ig.batch_size", ig.batch_size, ig.batch_size is None or ig.batch_size >= 1, ">= 1 or null"),
+        ("ig.chunk_size", ig.chunk_size, ig.chunk_size is None or ig.chunk_size >= 1, ">= 1 or null"),
+        ("augment.crop_padding", a.crop_padding, a.crop_padding >= 0, ">= 0"),
+        ("augment.overlay_p", a.overlay_p, 0.0 <= a.overlay_p <= 1.0, "in [0, 1]"),
+        ("augment.power_range", a.power_range,
+         len(a.power_range) == 2 and 0 < a.power_range[0] <= a.power_range[1], "[lo, hi] with 0 < lo <= hi"),
+        ("augment.mix", a.mix, 0.0 <= a.mix <= 1.0, "in [0, 1]"),
+        ("augment.maps", a.maps, a.maps in MAP_SOURCES, _one_of(MAP_SOURCES)),
+        ("distill.method", cfg.distill.method, cfg.distill.method in METHODS, _one_of(METHODS)),
+        ("distill.alpha", cfg.distill.alpha, 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
+        ("distill.temperature", cfg.distill.temperature, cfg.distill.temperature > 0, "> 0"),
+        ("distill.gamma", cfg.distill.gamma, cfg.distill.gamma >= 0, ">= 0"),
+        ("distill.at_layer", cfg.distill.at_layer,
+         cfg.distill.at_layer is None or 0 <= cfg.distill.at_layer < NUM_FEATURE_MODULES - k,
+         f"null or a feature module the student keeps (0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})"),
     ]
-    for ok, key, expected in checks:
+    for name in ("train", "teacher_train"):
+        tc: TrainConfig = getattr(cfg, name)
+        checks += [
+            (f"{name}.epochs", tc.epochs, tc.epochs >= 1, ">= 1"),
+            (f"{name}.batch_size", tc.batch_size, tc.batch_size >= 2, ">= 2 (batch norm)"),
+            (f"{name}.eval_batch_size", tc.eval_batch_size, tc.eval_batch_size >= 1, ">= 1"),
+            (f"{name}.optimizer", tc.optimizer, tc.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
+            (f"{name}.schedule", tc.schedule, tc.schedule in SCHEDULES, _one_of(SCHEDULES)),
+            (f"{name}.lr", tc.lr, tc.lr > 0, "> 0"),
+            (f"{name}.weight_decay", tc.weight_decay, tc.weight_decay >= 0, ">= 0"),
+            (f"{name}.subset_fraction", tc.subset_fraction, 0.0 < tc.subset_fraction <= 1.0, "in (0, 1]"),
+            (f"{name}.device", tc.device, _device_ok(tc.device), "auto, cpu, cuda or cuda:N"),
+            (f"{name}.threads", tc.threads, tc.threads is None or tc.threads >= 1, ">= 1 or null"),
+        ]
+    for key, value, ok, allowed in checks:
         if not ok:
-            raise ConfigError(f"bad value for {key}: must be {expected}")
+            raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -12,6 +12,7 @@ from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
 from ..data.augment import augment_batch
 from ..data.image_dataset import ImageDataset
+from ..errors import NumericalError
 from ..fileio import atomic_torch_save
 from ..runs import RunDir
 from ..utils import derive_seed, progress_bar
@@ -87,7 +88,7 @@ def fit(
     start_epoch = 0
     best_val = float("-inf")
     if resume and run.checkpoint.is_file():
-        state = torch.load(run.checkpoint, map_location=device, weights_only=False)
+        state = torch.load(run.checkpoint, map_location=device, weights_only=True)  # never runs code
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch, best_val = state["history"], state["epoch"], state["best_val"]
@@ -113,7 +114,7 @@ def fit(
         batches = range(0, len(order), cfg.batch_size)
         bar = progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
                            enabled=progress)
-        for i in bar:
+        for step, i in enumerate(bar, start=1):
             pos = order[i:i + cfg.batch_size]
             if len(pos) < 2:  # batch norm cannot train on one sample
                 continue
@@ -125,6 +126,14 @@ def fit(
                               tuple(aug.power_range), aug.mix, overlay_gen)
             logits, losses = distiller.forward_train(data.convention.normalize(x), y)
             loss = sum(losses.values())
+            if not torch.isfinite(loss):  # stop before the update: the last checkpoint stays good
+                bar.close()
+                kept = (f"{run.checkpoint} keeps epoch {epoch}" if run.checkpoint.is_file()
+                        else "no epoch had finished, so no checkpoint was written")
+                terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+                raise NumericalError(f"{desc}: the loss became {loss.item()} ({terms}) at epoch {epoch + 1}, "
+                                     f"step {step}; training stopped and {kept}: lower the learning rate "
+                                     "or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

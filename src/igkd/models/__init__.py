@@ -12,6 +12,7 @@ from .complexity import compression_factor, count_macs, count_parameters
 from .mobilenet import (
     CIFAR_STRIDES,
     IMAGENET_STRIDES,
+    NUM_FEATURE_MODULES,
     TruncatedStudent,
     at_layer_for,
     cifar_mobilenet_v2,
@@ -20,6 +21,7 @@ from .mobilenet import (
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {"cifar_mobilenet_v2": cifar_mobilenet_v2}
+MODEL_NAMES = tuple(sorted(_REGISTRY))  # what teacher.arch may name
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -50,6 +52,8 @@ def state_dict_hash(model_or_state: nn.Module | dict) -> str:
 __all__ = [
     "CIFAR_STRIDES",
     "IMAGENET_STRIDES",
+    "MODEL_NAMES",
+    "NUM_FEATURE_MODULES",
     "TruncatedStudent",
     "at_layer_for",
     "cifar_mobilenet_v2",
