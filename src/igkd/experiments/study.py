@@ -37,9 +37,8 @@ import torch
 from ..attribution import MapStore
 from ..config import METHODS, Config, config_from_dict
 from ..data.augment import blend, normalize_maps
-from ..data.control_maps import MAP_SOURCES
 from ..distill.methods import MethodSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, IgkdError
 from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
 from ..models.mobilenet import NUM_FEATURE_MODULES
 from ..pipeline import (
@@ -237,9 +236,12 @@ def _run_on_ray(cfg: Config, out: Path, todo: list[Job], workers: int | None, th
                 try:
                     summary = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
-                    cause = e.cause if getattr(e, "cause", None) is not None else e
-                    raise type(cause)(str(cause).strip().splitlines()[-1]) if isinstance(
-                        cause, ConfigError) else RuntimeError(f"{job.run_dir} failed: {cause}") from None
+                    # A user-fixable failure inside a job (bad config, non-finite loss, stale store)
+                    # stays the one-line error it was in-process; anything else names its run.
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, IgkdError):
+                        raise type(cause)(f"{job.run_dir}: {cause}") from None
+                    raise RuntimeError(f"{job.run_dir} failed: {cause or e}") from None
                 finished(job, summary)
     finally:
         ray.shutdown()
@@ -323,5 +325,5 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["CONTROLS", "MAP_SOURCES", "PAPER_DEPTHS", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
+__all__ = ["CONTROLS", "PAPER_DEPTHS", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
            "run_job", "run_study", "write_gallery", "write_results"]
