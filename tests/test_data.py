@@ -22,7 +22,7 @@ from igkd.data import (
     stratified_split,
     stratified_subset,
 )
-from igkd.errors import ConfigError, DatasetNotFoundError
+from igkd.errors import ConfigError, DataError, DatasetNotFoundError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -171,11 +171,11 @@ def test_npz_bad_dtype_names_the_key(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, x_train=np.zeros((2, 4, 4), np.float32), y_train=np.array([0, 1]),
              x_test=np.zeros((1, 4, 4), np.uint8), y_test=np.array([0]))
-    with pytest.raises(ConfigError, match="x_train") as err:
+    with pytest.raises(DataError, match="x_train") as err:
         load_dataset("npz", "train", root=path)
     assert "\n" not in str(err.value)
     np.savez(path, x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.array([0, 1]), x_test=np.zeros((1, 4, 4), np.uint8))
-    with pytest.raises(ConfigError, match="y_test"):
+    with pytest.raises(DataError, match="y_test"):
         load_dataset("npz", "train", root=path)
 
 
@@ -216,7 +216,7 @@ def test_image_folder_grayscale_mixed_sizes_and_missing_split(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="test"):
         load_dataset("image_folder", "test", root=tmp_path)
     _write_png(tmp_path / "train" / "b" / "z.png", np.zeros((5, 4, 3), np.uint8), "RGB")
-    with pytest.raises(ConfigError, match="size"):
+    with pytest.raises(DataError, match="size"):
         load_dataset("image_folder", "train", root=tmp_path)
 
 
@@ -306,7 +306,7 @@ def test_cifar10_refuses_arbitrary_pickles(tmp_path):
     _write_fake_cifar(tmp_path, per_batch=1)
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"data": Path("x")}, f)  # needs pathlib on load: not a numpy array
-    with pytest.raises(DatasetNotFoundError, match="refusing"):
+    with pytest.raises(DataError, match="refusing"):
         load_dataset("cifar10", "test", root=tmp_path)
 
 

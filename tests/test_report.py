@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ from scipy import stats
 
 from igkd.errors import ConfigError
 from igkd.experiments.report import fmt_p, write_report
+from igkd.fileio import write_checked_json, write_with_sidecar
 
 FIELDS = ("study,method,remove_blocks,run,seed,train_images,test_images,params,macs,"
           "compression_factor,teacher_test_acc,test_acc_last,test_acc_at_best_val,best_epoch,"
@@ -33,7 +35,7 @@ def make_study(root, groups=(5,), methods=METHODS, runs=4, paired=True, gallery_
              "runs": runs, "paired": paired, "train_fraction": 0.8, "remove_blocks": list(groups),
              "baseline": "student", "dataset": "fashion_mnist",
              "teacher": {"test_acc": 91.3, "params": 2_236_682, "macs": 6_000_000}, "config": {}}
-    (root / "study.json").write_text(json.dumps(study))
+    write_checked_json(root / "study.json", study)
     rows = []
     for k in groups:
         for method in methods:
@@ -54,10 +56,11 @@ def make_study(root, groups=(5,), methods=METHODS, runs=4, paired=True, gallery_
                              "test_acc_at_best_val": "" if run == 0 else acc - 0.1,
                              "best_epoch": "" if run == 0 else 3, "epochs": 3,
                              "train_time_s": 10.0, "wall_time_s": 11.0, "run_dir": run_dir})
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_with_sidecar(root / "results.csv", buf.getvalue().encode())
     n, c = 3, gallery_channels
     np.savez(root / "gallery.npz",
              images=np.random.default_rng(0).integers(0, 255, (n, c, 8, 8), dtype=np.uint8),
@@ -135,7 +138,7 @@ def test_too_few_runs_still_renders(tmp_path):
 def test_missing_or_empty_results(tmp_path):
     with pytest.raises(ConfigError, match="results.csv"):
         write_report(tmp_path)
-    (tmp_path / "results.csv").write_text(",".join(FIELDS) + "\n")
+    write_with_sidecar(tmp_path / "results.csv", (",".join(FIELDS) + "\n").encode())
     with pytest.raises(ConfigError, match="no finished runs"):
         write_report(tmp_path)
 

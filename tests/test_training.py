@@ -7,6 +7,7 @@ import torch
 
 from igkd.config import load_config
 from igkd.pipeline import distill, train_teacher
+from igkd.runs import load_state_dict
 
 from .conftest import FASHION_MNIST, require
 
@@ -60,8 +61,8 @@ def test_resume_equals_uninterrupted(teacher_run, tmp_path):
         distill(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop_after_first)
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = distill(cfg, tmp_path / "cut", resume=True, progress=False)
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    a = load_state_dict(tmp_path / "full" / "model.pt")
+    b = load_state_dict(tmp_path / "cut" / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test_acc_last"] == full["test_acc_last"]
     hist = [json.loads(x)["epoch"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]

@@ -39,9 +39,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> 
 
 
 def cmd_train_teacher(args) -> None:
+    from .distributed import is_main_process
     from .pipeline import train_teacher
 
     summary = train_teacher(_config(args), args.out, resume=args.resume)
+    if not is_main_process():  # torchrun's other ranks: rank 0 speaks for the run
+        return
     print(f"teacher: test accuracy {summary['test_acc_last']:.2f} %, weights in {Path(args.out) / 'model.pt'}")
 
 
@@ -56,10 +59,13 @@ def cmd_precompute(args) -> None:
 
 
 def cmd_distill(args) -> None:
+    from .distributed import is_main_process
     from .pipeline import distill
 
     extra = [f"distill.method={args.method}"] if args.method else []
     s = distill(_config(args, extra), args.out, resume=args.resume)
+    if not is_main_process():
+        return
     best = f", at best validation epoch {s['test_acc_at_best_val']:.2f} %" if "test_acc_at_best_val" in s else ""
     print(f"{s['method']}: test accuracy {s['test_acc_last']:.2f} % after the last epoch{best}; "
           f"{s['params']:,} parameters, CF {s['compression_factor']:.2f}; run in {args.out}")
@@ -117,6 +123,42 @@ def cmd_compression_table(args) -> None:
     from .reporting import compression_table
 
     print(compression_table(_config(args)))
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"bad value for {option}: {text!r} (allowed: comma-separated integers)") from None
+
+
+def cmd_bench(args) -> None:
+    from .deploy.bench import BenchSettings, bench_from_config, write_bench
+    from .deploy.results import format_bench
+    from .deploy.timing import TimingOptions
+    from .experiments.study import parse_depths
+
+    timing = TimingOptions(warmup=args.warmup, min_repeats=args.min_repeats, min_time_s=args.min_time)
+    settings = BenchSettings(
+        batch_sizes=_int_list("--batch-sizes", args.batch_sizes),
+        runtimes=tuple(r.strip() for r in args.runtimes.split(",") if r.strip()),
+        devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()) if args.devices else None,
+        threads=args.threads, timing=timing, accuracy=args.accuracy, int8=args.int8,
+        calibration_images=args.calibration_images, title=args.title or "")
+    depths = parse_depths(args.remove_blocks) if args.remove_blocks else []
+    result = bench_from_config(_config(args), args.checkpoint, depths, settings,
+                               latency_budget_ms=args.latency_budget_ms)
+    written = write_bench(result, args.out)
+    print(format_bench(result))
+    print(f"\nwritten: {', '.join(map(str, written))}")
+
+
+def cmd_export(args) -> None:
+    from .deploy.export import ExportSettings, export_checkpoint, format_export
+
+    settings = ExportSettings(torchscript=args.torchscript, int8=args.int8,
+                              calibration_images=args.calibration_images, json_out=args.json)
+    print(format_export(export_checkpoint(_config(args), args.checkpoint, args.out, settings)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +236,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="report.html and report.md of a study directory, from its result files")
     p.add_argument("dir", help="a study directory (montecarlo or sweep)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="parameters, MACs, size and measured latency (median, p10, p90; batch 1 "
+                       "and 64; PyTorch and ONNX Runtime; CPU and CUDA) of the teacher and students")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                   help="a teacher or student state dict to bench (repeatable; architecture from the config); "
+                   "without any, the configured student is benched")
+    p.add_argument("--remove-blocks", help="also the truncated students of these depths: 'paper' or a list like 3,5")
+    p.add_argument("--out", "-o", default="runs/bench", help="a .json file, or a folder for bench.json; "
+                   "the table (.md) and the accuracy-latency plot (.png) go beside it (default: runs/bench)")
+    p.add_argument("--batch-sizes", default="1,64", help="comma-separated (default: 1,64)")
+    p.add_argument("--runtimes", default="torch,onnxruntime", help="torch and/or onnxruntime")
+    p.add_argument("--devices", help="cpu and/or cuda (default: cpu, and cuda when present)")
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and ONNX Runtime (default: PyTorch's)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default: 10)")
+    p.add_argument("--min-repeats", type=int, default=30, help="timed calls, at least (default: 30)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls, at least (default: 1)")
+    p.add_argument("--accuracy", action="store_true", help="measure the test accuracy of models with weights")
+    p.add_argument("--int8", action="store_true", help="also quantise each model to int8 (ONNX Runtime, static, "
+                   "calibrated on training images) and bench it")
+    p.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration")
+    p.add_argument("--latency-budget-ms", type=float, help="also find and bench the widest scaled student "
+                   "(student.strides, student.remove_blocks) whose batch-1 median is within this budget")
+    p.add_argument("--title", help="a title for the table and the report")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="a checkpoint as ONNX (checked against PyTorch in ONNX Runtime), and "
+                       "optionally TorchScript and an int8-quantised ONNX model")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="a teacher or student state dict (architecture from the config)")
+    p.add_argument("--out", "-o", required=True, help="the ONNX file to write (FILE.onnx)")
+    p.add_argument("--torchscript", metavar="FILE", help="also write a TorchScript module")
+    p.add_argument("--int8", metavar="FILE", help="also write an int8 model (static quantisation calibrated on "
+                   "training images) and report its size, latency and test accuracy drop")
+    p.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compression-table", help="parameters, compression factor and MACs per student depth")
     _add_config_args(p, default="paper-cifar10")

@@ -31,20 +31,26 @@ class DataConfig:
     test_size: int | None = None
     subset_seed: int = 0  # fixes the subset, so teacher, IG store and students share it
     val_fraction: float = 0.0  # stratified hold-out from the training set, drawn from train.seed
+    image_size: int | list[int] | None = None  # resize every image to this side or [H, W] on load; None = as stored
 
 
 @dataclass
 class TeacherConfig:
-    arch: str = "cifar_mobilenet_v2"
-    width_mult: float = 1.0
-    strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 2])
+    arch: str = "cifar_mobilenet_v2"  # or a torchvision classification model name, or timm:<name>
+    width_mult: float = 1.0  # width_mult, strides and dropout shape cifar_mobilenet_v2 only
+    strides: list[int] | str = "auto"  # five values, each 1 or 2, or auto: chosen from the image size
     dropout: float = 0.2
     checkpoint: str | None = None  # a state dict to load; None = train one with `igkd train-teacher`
 
 
 @dataclass
 class StudentConfig:
-    remove_blocks: int = 5
+    remove_blocks: int = 5  # k: the last k of the 19 feature modules are removed
+    kind: str = "truncated"  # truncated: the teacher's layers | scaled: a MobileNetV2 of its own width/strides
+    width_mult: float | None = None  # scaled: None = the teacher's (or chosen by budget_macs)
+    strides: list[int] | str | None = None  # scaled: five values, each 1 or 2, or auto; None = the teacher's
+    budget_macs: float | None = None  # scaled: the widest width doing at most this many multiply-adds per image
+    arch: str | None = None  # a model name (as teacher.arch): the student is that network, built fresh (kind arch)
 
 
 @dataclass
@@ -78,6 +84,8 @@ class DistillConfig:
     temperature: float = 2.5
     gamma: float = 0.8  # weight of the attention-transfer term
     at_layer: int | None = None  # None = METHOD.md's rule features[19 // d]
+    at_student_layer: str | None = None  # AT by module name (any architecture); None = chosen by spatial size
+    at_teacher_layer: str | None = None  # None = the teacher's module of the nearest spatial size
 
 
 @dataclass
@@ -94,6 +102,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None
+    checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: after each epoch only)
+    deterministic: bool = False  # deterministic algorithms only (CUDA: slower; CPU results are already repeatable)
+    # The GPU fast path: each is an explicit choice, recorded; the defaults compute exactly as before.
+    amp: str = "none"  # none | bf16 | fp16: autocast of the training and evaluation forward (fp16 with a grad scaler)
+    channels_last: bool = False  # NHWC memory for the models and batches (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the training forward (student, teacher and losses together)
+    check_finite_every: int = 1  # loss checks: every step, before the update (1), every N steps, or at epoch end (0)
+    sync_bn: bool | None = None  # data-parallel: batch norm over the global batch; null = on CUDA (GPU-only in torch)
 
 
 @dataclass
@@ -179,6 +195,15 @@ def _device_ok(name: str) -> bool:
     return head == "cuda" and index.isdigit()
 
 
+def _strides_ok(value) -> bool:
+    return value == "auto" or (isinstance(value, list) and len(value) == 5 and all(v in (1, 2) for v in value))
+
+
+def _image_size_ok(value) -> bool:
+    sides = [value] if isinstance(value, int) else value
+    return len(sides) in (1, 2) and all(1 <= v <= 8192 for v in sides)
+
+
 def _one_of(values) -> str:
     return "one of " + ", ".join(str(v) for v in values)
 
@@ -189,20 +214,55 @@ def _validate(cfg: Config) -> None:
     from .attribution.identity import BASELINES
     from .attribution.ig import SUPPORTED_METHODS
     from .data.catalog import KNOWN_DATASETS
-    from .models import MODEL_NAMES, NUM_FEATURE_MODULES
+    from .distill.trainer import AMP_MODES
+    from .models import (
+        ARCH_HELP,
+        NUM_FEATURE_MODULES,
+        STUDENT_KINDS,
+        is_family,
+        model_name_problem,
+        student_kind,
+    )
 
     d, t, ig, a, k = cfg.data, cfg.teacher, cfg.ig, cfg.augment, cfg.student.remove_blocks
+    s, kind, family = cfg.student, student_kind(cfg), is_family(t.arch)
+    scaled, dc = kind == "scaled", cfg.distill
+    only_scaled = "null unless student.kind=scaled"
+    not_family = f"{{}}: it shapes cifar_mobilenet_v2 only, not teacher.arch={t.arch}"
+
+    def arch_allowed(name: str | None) -> str:
+        problem = model_name_problem(name) if isinstance(name, str) else None
+        return ARCH_HELP + (f"; {problem}" if problem else "")
     checks = [
         ("data.name", d.name, d.name in KNOWN_DATASETS, _one_of(KNOWN_DATASETS)),
         ("data.train_size", d.train_size, d.train_size is None or d.train_size >= 1, ">= 1 or null"),
         ("data.test_size", d.test_size, d.test_size is None or d.test_size >= 1, ">= 1 or null"),
         ("data.val_fraction", d.val_fraction, 0.0 <= d.val_fraction < 1.0, "in [0, 1)"),
-        ("teacher.arch", t.arch, t.arch in MODEL_NAMES, _one_of(MODEL_NAMES)),
+        ("data.image_size", d.image_size, d.image_size is None or _image_size_ok(d.image_size),
+         "a side, or [height, width], each in 1..8192, or null"),
+        ("teacher.arch", t.arch, model_name_problem(t.arch) is None, arch_allowed(t.arch)),
         ("teacher.width_mult", t.width_mult, t.width_mult > 0, "> 0"),
-        ("teacher.strides", t.strides, len(t.strides) == 5 and all(v in (1, 2) for v in t.strides),
-         "five values, each 1 or 2"),
+        ("teacher.width_mult", t.width_mult, family or t.width_mult == 1.0, not_family.format("1.0")),
+        ("teacher.strides", t.strides, _strides_ok(t.strides), "auto, or five values, each 1 or 2"),
+        ("teacher.strides", t.strides, family or t.strides == "auto", not_family.format("auto")),
         ("teacher.dropout", t.dropout, 0.0 <= t.dropout < 1.0, "in [0, 1)"),
+        ("teacher.dropout", t.dropout, family or t.dropout == TeacherConfig.dropout, not_family.format("0.2")),
         ("student.remove_blocks", k, 1 <= k < NUM_FEATURE_MODULES, f"in 1..{NUM_FEATURE_MODULES - 1}"),
+        ("student.kind", s.kind, s.kind in STUDENT_KINDS, _one_of(STUDENT_KINDS)),
+        ("student.arch", s.arch, s.arch is None or model_name_problem(s.arch) is None, arch_allowed(s.arch)),
+        ("student.arch", s.arch, s.arch is not None or s.kind != "arch", "a model name when student.kind=arch"),
+        ("student.arch", s.arch, s.arch is None or s.kind != "scaled", "null when student.kind=scaled"),
+        ("student.kind", s.kind, family or kind != "truncated",
+         f"scaled or arch: a truncated student is cut from a cifar_mobilenet_v2 teacher, not {t.arch}; "
+         "set student.arch=NAME (e.g. mobilenet_v3_small)"),
+        ("student.width_mult", s.width_mult, s.width_mult is None or (scaled and s.width_mult > 0),
+         "> 0" if scaled else only_scaled),
+        ("student.width_mult", s.width_mult, s.width_mult is None or s.budget_macs is None,
+         "null when student.budget_macs is set: the budget chooses the width"),
+        ("student.strides", s.strides, s.strides is None or (scaled and _strides_ok(s.strides)),
+         "auto, five values, each 1 or 2, or null" if scaled else only_scaled),
+        ("student.budget_macs", s.budget_macs, s.budget_macs is None or (scaled and s.budget_macs >= 1),
+         ">= 1 or null" if scaled else only_scaled),
         ("ig.method", ig.method, ig.method in SUPPORTED_METHODS, _one_of(SUPPORTED_METHODS)),
         ("ig.n_steps", ig.n_steps, ig.n_steps >= (1 if ig.method == "gausslegendre" else 2),
          ">= 1 (>= 2 for Riemann methods)"),
@@ -223,6 +283,12 @@ def _validate(cfg: Config) -> None:
         ("distill.at_layer", cfg.distill.at_layer,
          cfg.distill.at_layer is None or 0 <= cfg.distill.at_layer < NUM_FEATURE_MODULES - k,
          f"null or a feature module the student keeps (0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})"),
+        ("distill.at_layer", dc.at_layer, dc.at_layer is None or kind != "arch",
+         "null for a student.arch student: name its module with distill.at_student_layer"),
+        ("distill.at_layer", dc.at_layer, dc.at_layer is None or dc.at_student_layer is None,
+         "null when distill.at_student_layer names the student's AT module"),
+        ("distill.at_student_layer", dc.at_student_layer, dc.at_student_layer != "", "a module name or null"),
+        ("distill.at_teacher_layer", dc.at_teacher_layer, dc.at_teacher_layer != "", "a module name or null"),
     ]
     for name in ("train", "teacher_train"):
         tc: TrainConfig = getattr(cfg, name)
@@ -237,10 +303,25 @@ def _validate(cfg: Config) -> None:
             (f"{name}.subset_fraction", tc.subset_fraction, 0.0 < tc.subset_fraction <= 1.0, "in (0, 1]"),
             (f"{name}.device", tc.device, _device_ok(tc.device), "auto, cpu, cuda or cuda:N"),
             (f"{name}.threads", tc.threads, tc.threads is None or tc.threads >= 1, ">= 1 or null"),
+            (f"{name}.checkpoint_every", tc.checkpoint_every, tc.checkpoint_every >= 0, ">= 0 (steps; 0: per epoch)"),
+            (f"{name}.amp", tc.amp, tc.amp in AMP_MODES, _one_of(AMP_MODES)),
+            (f"{name}.check_finite_every", tc.check_finite_every, tc.check_finite_every >= 0,
+             ">= 0 (steps; 0: at checkpoints and epoch ends only)"),
         ]
     for key, value, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
+    _check_budget(cfg)
+
+
+def _check_budget(cfg: Config) -> None:
+    """A MAC budget no student can meet is refused before anything runs, where the image shape is known."""
+    from .data.catalog import DATASETS, known_image_shape
+    from .models import student_spec
+
+    shape = known_image_shape(cfg.data.name, cfg.data.image_size)
+    if cfg.student.budget_macs is not None and shape is not None:
+        student_spec(cfg, shape, DATASETS[cfg.data.name].num_classes)  # raises ConfigError naming the key
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -8,9 +8,17 @@ Per-dataset mean and std live in :mod:`igkd.data.catalog`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1), made once per device: a copy to a GPU every batch would make the host wait for it."""
+    with torch.inference_mode(False):  # a normal tensor, usable with autograd wherever it was first made
+        return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -20,8 +28,8 @@ class InputConvention:
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Map pixel values in [0, 1], shape (N, C, H, W), to network input."""
-        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        mean = _constant(self.mean, x01.dtype, x01.device)
+        std = _constant(self.std, x01.dtype, x01.device)
         return (x01 - mean) / std
 
     def from_uint8(self, x: torch.Tensor) -> torch.Tensor:

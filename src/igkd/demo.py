@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import METHODS, Config
 from .distill.methods import MethodSpec
 from .errors import ConfigError
-from .fileio import write_json
+from .fileio import write_checked_json
 from .pipeline import (
     TEACHER_SECTIONS,
     distill,
@@ -66,5 +66,5 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     print(table)
     print(f"\nwall time {wall:.0f} s; runs in {out}")
     (out / "demo_table.md").write_text(table + "\n")
-    write_json(out / "demo_summary.json", {"teacher": teacher, "students": summaries, "wall_time_s": wall})
+    write_checked_json(out / "demo_summary.json", {"teacher": teacher, "students": summaries, "wall_time_s": wall})
     return summaries

@@ -10,8 +10,12 @@ class IgkdError(Exception):
     """Base class for every error a user can fix without reading a traceback."""
 
 
-class DatasetNotFoundError(IgkdError):
-    """A dataset is not where it was looked for (and could not be downloaded)."""
+class DataError(IgkdError):
+    """A dataset file is unreadable or malformed: truncated, wrong keys, shapes, dtypes or labels."""
+
+
+class DatasetNotFoundError(DataError):
+    """A dataset is not where it was looked for (and could not be downloaded), or is incomplete."""
 
 
 class StaleStoreError(IgkdError):
@@ -28,3 +32,15 @@ class CheckpointError(IgkdError):
 
 class NumericalError(IgkdError):
     """A value that cannot be right: a non-finite loss, an IG map with inf or NaN, an overflow."""
+
+
+class CorruptFileError(IgkdError):
+    """A file igkd wrote does not match the checksum it carries: truncated, bit-flipped or altered."""
+
+
+class LockedError(IgkdError):
+    """Another live process is writing the same run directory, study or store."""
+
+
+class ExportError(IgkdError):
+    """A model cannot be exported, or its export does not reproduce PyTorch's outputs."""

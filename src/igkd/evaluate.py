@@ -1,7 +1,7 @@
 """``igkd evaluate``: how good is a checkpoint, on the configured test set or the ImageNet subset.
 
 Accuracy, balanced accuracy, Cohen's kappa, per-class accuracy and the confusion matrix (scikit-learn's
-metrics), for a teacher or a truncated student: the checkpoint's own keys say which (a student keeps
+metrics), for a teacher or a student (truncated or scaled): the checkpoint's own keys say which (a student keeps
 ``features.0`` .. ``features.{18-k}``). The input convention is explicit and reported: ``normalized``
 (igkd's, ``(x - mean) / std``) or ``pixels01`` (un-normalised [0, 1], how the authors trained their
 reference students).
@@ -9,6 +9,7 @@ reference students).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,11 @@ import torch
 
 from .config import Config
 from .convention import InputConvention
-from .data.catalog import DATASETS
+from .data.catalog import DATASETS, known_image_shape
 from .data.image_dataset import ImageDataset
 from .errors import CheckpointError, ConfigError
-from .fileio import write_json
-from .models import truncated_student
+from .fileio import write_checked_json
+from .models import StudentSpec, is_family, student_kind, student_spec
 from .pipeline import build_teacher, load_datasets, load_teacher
 from .runs import load_state_dict, load_weights
 from .utils import setup_device
@@ -72,20 +73,74 @@ def predict(model: torch.nn.Module, x: torch.Tensor, convention: InputConvention
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-def model_from_checkpoint(cfg: Config, num_classes: int, in_channels: int, path: str | Path
-                          ) -> tuple[torch.nn.Module, str, int | None]:
-    """(model with the checkpoint's weights, "teacher" or "student", remove_blocks of a student)."""
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    role: str  # teacher | student
+    student: StudentSpec | None  # the student's architecture; None for a teacher
+
+
+def load_model(cfg: Config, num_classes: int, in_channels: int, path: str | Path,
+               image_shape: tuple[int, int, int] | None = None) -> LoadedModel:
+    """The teacher or student whose weights ``path`` holds, told apart by the checkpoint's keys.
+
+    A student keeps ``features.0`` .. ``features.{18-k}``: that gives k. Its architecture is the
+    configured student kind at that k (a scaled one's MAC budget resolved on ``image_shape``, by
+    default the dataset's); a scaled config also accepts the teacher's truncated student at that k.
+    Networks named by ``teacher.arch`` / ``student.arch`` (torchvision, timm) are told apart by their
+    state-dict keys.
+    """
     state = load_state_dict(path)
+    shape = image_shape or known_image_shape(cfg.data.name, cfg.data.image_size)
+    teacher = build_teacher(cfg, num_classes, in_channels, None if shape is None else shape[1:])
+    if student_kind(cfg) == "arch" or not is_family(cfg.teacher.arch):
+        return _load_named(cfg, num_classes, in_channels, path, state, teacher, shape)
     feature_ids = {int(k.split(".")[1]) for k in state if k.startswith("features.") and k.split(".")[1].isdigit()}
     if not feature_ids:
         raise CheckpointError(f"checkpoint {path} has no features.* weights: not a teacher or student of "
                               f"{cfg.teacher.arch}")
-    teacher = build_teacher(cfg, num_classes, in_channels)
     kept = max(feature_ids) + 1
     if kept == len(teacher.features):
-        return load_weights(teacher, path, state), "teacher", None
+        return LoadedModel(load_weights(teacher, path, state), "teacher", None)
     k = len(teacher.features) - kept
-    return load_weights(truncated_student(teacher, k), path, state), "student", k
+    if cfg.student.kind != "truncated" and shape is None:
+        raise ConfigError(f"the image shape of {cfg.data.name} is read from its files: load the dataset first")
+    candidates = [student_spec(cfg, shape, num_classes, remove_blocks=k)]
+    if candidates[0].kind != "truncated":
+        candidates.append(StudentSpec("truncated", k))
+    errors = []
+    for spec in candidates:
+        try:
+            return LoadedModel(load_weights(spec.build(teacher), path, state), "student", spec)
+        except CheckpointError as e:
+            errors.append(e)
+    raise errors[0]  # what does not fit the configured student
+
+
+def _load_named(cfg: Config, num_classes: int, in_channels: int, path: str | Path, state: dict,
+                teacher: torch.nn.Module, shape: tuple[int, int, int] | None) -> LoadedModel:
+    """The teacher or the configured student, whichever has exactly the checkpoint's keys."""
+    if shape is None and student_kind(cfg) == "scaled":
+        raise ConfigError(f"the image shape of {cfg.data.name} is read from its files: load the dataset first")
+    spec = student_spec(cfg, shape, num_classes)
+    student = spec.build(teacher, num_classes, in_channels)
+    keys = set(state)
+    if keys == set(teacher.state_dict()):
+        return LoadedModel(load_weights(teacher, path, state), "teacher", None)
+    if keys == set(student.state_dict()):
+        return LoadedModel(load_weights(student, path, state), "student", spec)
+    # Neither: the error of the closer one says what does not fit.
+    closer = max((teacher, student), key=lambda m: len(keys & set(m.state_dict())))
+    load_weights(closer, path, state)
+    raise CheckpointError(f"checkpoint {path} is neither teacher {cfg.teacher.arch} nor student {spec.label}")
+
+
+def model_from_checkpoint(cfg: Config, num_classes: int, in_channels: int, path: str | Path,
+                          image_shape: tuple[int, int, int] | None = None
+                          ) -> tuple[torch.nn.Module, str, int | None]:
+    """(model with the checkpoint's weights, "teacher" or "student", remove_blocks of a student)."""
+    m = load_model(cfg, num_classes, in_channels, path, image_shape)
+    return m.model, m.role, None if m.student is None else m.student.remove_blocks
 
 
 def convention_for(name: str, trained: InputConvention) -> InputConvention:
@@ -116,7 +171,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: s
         info = DATASETS[cfg.data.name]
         if cfg.data.name != "cifar10":
             raise ConfigError("the ImageNet subset is labelled by CIFAR-10 class: use a cifar10 config")
-        test: ImageDataset = load_imagenet_cifar10(imagenet, image_size=info.image_shape[1])
+        size = known_image_shape(cfg.data.name, cfg.data.image_size)[1]  # the size the model was trained on
+        test: ImageDataset = load_imagenet_cifar10(imagenet, image_size=size)
         trained = info.convention
         num_classes, in_channels = info.num_classes, info.image_shape[0]
         shown = f"ImageNet classes mapped onto CIFAR-10 ({imagenet})"
@@ -135,19 +191,20 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: s
         test, trained = ds.test, ds.convention
         num_classes, in_channels = ds.train.num_classes, ds.train.image_shape[0]
         shown = f"{cfg.data.name} test set"
-    model, role, k = model_from_checkpoint(cfg, num_classes, in_channels, checkpoint)
+    loaded = load_model(cfg, num_classes, in_channels, checkpoint, test.image_shape)
     conv = convention_for(input_convention, trained)
-    pred = predict(model.to(device), test.x, conv, device, cfg.train.eval_batch_size)
+    pred = predict(loaded.model.to(device), test.x, conv, device, cfg.train.eval_batch_size)
     result = {
         "checkpoint": str(checkpoint),
-        "role": role,
-        "remove_blocks": k,
+        "role": loaded.role,
+        "remove_blocks": None if loaded.student is None else loaded.student.remove_blocks,
+        "student": None if loaded.student is None else loaded.student.to_dict(),
         "dataset": shown,
         "input_convention": {"name": input_convention, **conv.to_dict()},
         **classification_metrics(test.y.numpy(), pred, list(test.classes)),
     }
     if json_out is not None:
-        write_json(json_out, result)
+        write_checked_json(json_out, result)
     return result
 
 
@@ -155,7 +212,8 @@ def format_evaluation(r: dict) -> str:
     from .reporting import format_table
 
     conv = r["input_convention"]
-    role = r["role"] if r["remove_blocks"] is None else f"{r['role']} (k={r['remove_blocks']})"
+    student = r.get("student")
+    role = r["role"] if student is None else f"{r['role']} ({StudentSpec(**student).label})"
     lines = [
         f"{role} from {r['checkpoint']}",
         f"data: {r['dataset']}, {r['images']:,} images",
@@ -172,5 +230,5 @@ def format_evaluation(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["INPUT_CONVENTIONS", "classification_metrics", "evaluate_checkpoint", "format_evaluation",
-           "model_from_checkpoint", "predict"]
+__all__ = ["INPUT_CONVENTIONS", "LoadedModel", "classification_metrics", "evaluate_checkpoint",
+           "format_evaluation", "load_model", "model_from_checkpoint", "predict"]

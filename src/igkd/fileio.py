@@ -6,14 +6,13 @@ IG map stores both write through here.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -59,6 +58,137 @@ def read_json(path: str | Path) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Checksums: every checkpoint and result file carries one, checked whenever it is read.
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 over a nest of dicts, lists, tensors and plain values: names, types, shapes and bytes.
+
+    Independent of the file format, so a checkpoint can carry the hash of what it holds.
+    """
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json_digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_checked_json(path: str | Path, obj: dict, indent: int = 2) -> None:
+    """``obj`` as JSON with a ``sha256`` entry over the rest, checked by :func:`read_checked_json`."""
+    body = {k: v for k, v in obj.items() if k != "sha256"}
+    write_json(path, {**body, "sha256": _json_digest(body)}, indent=indent)
+
+
+def read_checked_json(path: str | Path, fix: str) -> dict:
+    """A JSON object written by :func:`write_checked_json`; a file that fails its checksum is an error."""
+    from .errors import CorruptFileError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path} is unreadable ({type(e).__name__}); {fix}") from None
+    if not isinstance(obj, dict) or "sha256" not in obj:
+        raise CorruptFileError(f"{path} carries no checksum; {fix}")
+    body = {k: v for k, v in obj.items() if k != "sha256"}
+    if _json_digest(body) != obj["sha256"]:
+        raise CorruptFileError(f"{path} does not match its checksum (truncated or altered); {fix}")
+    return body
+
+
+def write_with_sidecar(path: str | Path, data: bytes) -> None:
+    """``data`` at ``path`` and its sha256 at ``path.sha256`` (for files whose format has no room for it)."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+
+
+def read_with_sidecar(path: str | Path, fix: str) -> bytes:
+    """The bytes of a file written by :func:`write_with_sidecar`, checked against its sha256."""
+    from .errors import CorruptFileError
+
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        data = path.read_bytes()
+        expected = sidecar.read_text().split()[0] if sidecar.is_file() else None
+    except (OSError, IndexError) as e:
+        raise CorruptFileError(f"{path} is unreadable ({type(e).__name__}); {fix}") from None
+    if expected is None:
+        raise CorruptFileError(f"{path} has no checksum file {sidecar.name}; {fix}")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptFileError(f"{path} does not match its checksum in {sidecar.name} (truncated or altered); {fix}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# A finished run directory's result files (read without torch: the report uses these)
+
+
+def read_run_summary(run_dir: str | Path) -> dict:
+    """``summary.json`` of a finished run, checked, with the run's files checked against its manifest."""
+    from .errors import CorruptFileError
+
+    run_dir = Path(run_dir)
+    fix = f"delete {run_dir} and run it again"
+    summary = read_checked_json(run_dir / "summary.json", fix)
+    for name, digest in summary.get("files", {}).items():
+        if not (run_dir / name).is_file() or file_sha256(run_dir / name) != digest:
+            raise CorruptFileError(f"{run_dir / name} is missing or does not match the checksum in "
+                                   f"{run_dir / 'summary.json'}; {fix}")
+    return summary
+
+
+def read_run_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl``; checked against the summary once the run is complete."""
+    from .errors import CorruptFileError
+
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        read_run_summary(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptFileError(f"{path} is unreadable; resuming the run rewrites it") from None

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .attribution import IGOptions, MapStore, PrecomputeResult, StoreIdentity, precompute_ig
 from .config import Config, TrainConfig
 from .convention import InputConvention
@@ -20,20 +23,28 @@ from .data import (
     stratified_split,
     stratified_subset,
 )
+from .data.catalog import known_image_shape
 from .data.control_maps import control_maps
 from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
-from .distill.trainer import TrainingData, evaluate, fit, summarize
-from .errors import CheckpointError, StaleStoreError
-from .fileio import write_json
+from .distill.trainer import TrainingData, evaluate, fit, summarize, training_environment
+from .errors import CheckpointError, ConfigError, DataError, StaleStoreError
 from .models import (
     at_layer_for,
+    at_pair_of,
+    auto_strides,
+    check_input,
     compression_factor,
     count_macs,
     count_parameters,
     create_model,
+    is_family,
+    pair_at_layers,
+    paired_at_layer,
+    resolve_strides,
+    smallest_side,
     state_dict_hash,
-    truncated_student,
+    student_spec,
 )
 from .runs import RunDir, environment, load_weights
 from .utils import derive_seed, setup_device
@@ -54,13 +65,17 @@ class Datasets:
 def load_datasets(cfg: Config) -> Datasets:
     """The configured training and test sets (subsets when sizes are set) and their input convention."""
     d = cfg.data
-    train = load_dataset(d.name, "train", root=d.root, download=d.download)
-    test = load_dataset(d.name, "test", root=d.root, download=d.download)
+    train = load_dataset(d.name, "train", root=d.root, download=d.download, image_size=d.image_size)
+    test = load_dataset(d.name, "test", root=d.root, download=d.download, image_size=d.image_size)
+    if train.image_shape != test.image_shape:
+        shape = " x ".join(map(str, train.image_shape)), " x ".join(map(str, test.image_shape))
+        raise DataError(f"dataset {d.name} ({d.root or 'default location'}): training images are {shape[0]} "
+                        f"(channels x height x width) but test images are {shape[1]}; both splits need one size")
     if d.train_size is not None and d.train_size < len(train):
         train = stratified_subset(train, d.train_size, seed=d.subset_seed)
     if d.test_size is not None and d.test_size < len(test):
         test = stratified_subset(test, d.test_size, seed=d.subset_seed)
-    convention = DATASETS[d.name].convention or compute_convention(train)
+    convention = DATASETS[d.name].convention or compute_convention(train, d.root)
     return Datasets(train, test, convention)
 
 
@@ -81,34 +96,88 @@ def training_data(ds: Datasets, val_fraction: float, seed: int, subset_fraction:
     return TrainingData(ds.train, ds.test, train_pos, val_pos, ds.convention)
 
 
-def build_teacher(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """The configured teacher architecture, randomly initialised."""
+def _image_size(cfg: Config, image_size) -> tuple[int, int] | None:
+    """(H, W) of the images: given, else the dataset's as configured (None where only the files tell)."""
+    if image_size is not None:
+        return tuple(image_size)[-2:]
+    shape = known_image_shape(cfg.data.name, cfg.data.image_size)
+    return None if shape is None else shape[1:]
+
+
+def teacher_arch(cfg: Config, image_size=None) -> dict:
+    """What the teacher is, as recorded in runs: its name and, for the cifar_mobilenet_v2 family, its width
+    and stride plan (``auto`` resolved on ``image_size`` (H, W), by default the dataset's)."""
     t = cfg.teacher
-    return create_model(t.arch, num_classes=num_classes, in_channels=in_channels, width_mult=t.width_mult,
-                        strides=t.strides, dropout=t.dropout)
+    if not is_family(t.arch):
+        return {"arch": t.arch}
+    size = _image_size(cfg, image_size)
+    if t.strides == "auto" and size is None:
+        raise ConfigError(f"teacher.strides=auto is chosen from the image size, which {cfg.data.name} tells only "
+                          "once loaded: load the dataset first, or set data.image_size")
+    return {"arch": t.arch, "width_mult": t.width_mult, "strides": list(resolve_strides(t.strides, size)),
+            "dropout": t.dropout}
 
 
-def load_teacher(cfg: Config, num_classes: int, in_channels: int,
-                 device: torch.device) -> tuple[torch.nn.Module, str]:
+def build_teacher(cfg: Config, num_classes: int, in_channels: int, image_size=None) -> torch.nn.Module:
+    """The configured teacher architecture, randomly initialised, for images of ``image_size`` (H, W; by
+    default the dataset's): a network that cannot take them is refused here, with what to set."""
+    arch = teacher_arch(cfg, image_size)
+    family = {k: v for k, v in arch.items() if k != "arch"}
+    teacher = create_model(arch["arch"], num_classes=num_classes, in_channels=in_channels, **family)
+    size = _image_size(cfg, image_size)
+    if size is not None:
+        check_fits(teacher, (in_channels, *size), num_classes, f"teacher {cfg.teacher.arch}", cfg.teacher.arch,
+                   "teacher", explicit_strides=cfg.teacher.strides != "auto")
+    return teacher
+
+
+def check_fits(model: torch.nn.Module, shape: tuple[int, int, int], num_classes: int, who: str, arch: str,
+               section: str, explicit_strides: bool = False) -> None:
+    """Refuse, before training, a ``section`` (teacher or student) model that cannot take the data's images,
+    saying what to set: ``strides=auto`` for an explicit CIFAR MobileNetV2 plan, else ``data.image_size``."""
+    def fix() -> str:
+        if is_family(arch) and explicit_strides:
+            plan = list(auto_strides(shape[1:]))
+            return f"set {section}.strides=auto (it chooses {plan} for {shape[1]}x{shape[2]} images)"
+        side = smallest_side(model, shape[0], num_classes)
+        if side is None:
+            return f"choose another {section}.arch"
+        return (f"set data.image_size={side} to resize the images ({arch} takes {side}x{side}), or choose another "
+                f"{section}.arch (cifar_mobilenet_v2 takes any size)")
+
+    check_input(model, shape, num_classes, who, fix)
+
+
+def load_teacher(cfg: Config, num_classes: int, in_channels: int, device: torch.device,
+                 image_size=None) -> tuple[torch.nn.Module, str]:
     """The configured teacher with its weights, in eval mode, and the hash that names those weights."""
     if cfg.teacher.checkpoint is None:
         raise CheckpointError("no teacher: set teacher.checkpoint=PATH, or train one with `igkd train-teacher`")
-    teacher = load_weights(build_teacher(cfg, num_classes, in_channels), cfg.teacher.checkpoint)
+    teacher = load_weights(build_teacher(cfg, num_classes, in_channels, image_size), cfg.teacher.checkpoint)
     return teacher.to(device).eval(), state_dict_hash(teacher)
 
 
 def _prepare(cfg: Config, tc: TrainConfig) -> tuple[torch.device, Datasets, TrainingData]:
     """Device, threads and initialisation seed of a training run, then its data and split."""
-    device = setup_device(tc.device, tc.threads)
+    device = setup_device(tc.device, tc.threads, tc.deterministic)
     torch.manual_seed(derive_seed(tc.seed, "init"))
     ds = load_datasets(cfg)
     return device, ds, training_data(ds, cfg.data.val_fraction, tc.seed, tc.subset_fraction)
 
 
-def _finish(run: RunDir, history: list[dict], extra: dict) -> dict:
+@contextmanager
+def _claim(run: RunDir, cfg: Config, tc: TrainConfig, resume: bool,
+           device: torch.device) -> Iterator[distributed.DistContext]:
+    """Join torchrun's processes when launched by it, then hold the run directory (rank 0) for the block."""
+    with distributed.session(device) as ctx:
+        env = {**environment(device, tc.seed), **training_environment(tc, ctx, device)}
+        with distributed.main_only(ctx, lambda: run.claim(cfg, resume, env)):
+            yield ctx
+
+
+def _finish(run: RunDir, history: list[dict], extra: dict, ctx: distributed.DistContext) -> dict:
     summary = {**extra, **summarize(history)}
-    write_json(run.file("summary.json"), summary)
-    return summary
+    return run.write_summary(summary) if ctx.is_main else summary
 
 
 TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "augment")
@@ -136,7 +205,7 @@ def run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str = "", progres
         print(f"{prefix}{label}: reusing {out}", flush=True)
         return run.summary()
     print(f"{prefix}{label}: training -> {out}", flush=True)
-    return fn(cfg, out, resume=run.checkpoint.is_file(), progress=progress)
+    return fn(cfg, out, resume=run.begun, progress=progress)
 
 
 def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
@@ -144,22 +213,24 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
     """Train the teacher architecture with cross-entropy (``teacher_train`` settings, no overlay)."""
     tc = cfg.teacher_train
     device, ds, data = _prepare(cfg, tc)
-    teacher = build_teacher(cfg, *ds.shape)
+    teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
     run = RunDir(out)
-    run.start(cfg, resume, environment(device, tc.seed))
-    t0 = time.perf_counter()
-    history = fit(Distiller(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
-                  resume=resume, progress=progress, desc="teacher", on_epoch_end=on_epoch_end)
-    return _finish(run, history, {
-        "role": "teacher",
-        "dataset": ds.train.name,
-        "dataset_fingerprint": ds.train.fingerprint(),
-        "params": count_parameters(teacher),
-        "macs": count_macs(teacher, ds.train.image_shape),
-        "teacher_hash": state_dict_hash(teacher),
-        "wall_time_s": time.perf_counter() - t0,
-        "seed": tc.seed,
-    })
+    with _claim(run, cfg, tc, resume, device) as ctx:
+        t0 = time.perf_counter()
+        history = fit(Distiller(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
+                      resume=resume, progress=progress, desc="teacher", on_epoch_end=on_epoch_end)
+        return _finish(run, history, ctx=ctx, extra={
+            "role": "teacher",
+            "arch": teacher_arch(cfg, ds.train.image_shape[1:]),
+            "dataset": ds.train.name,
+            "dataset_fingerprint": ds.train.fingerprint(),
+            "input_shape": list(ds.train.image_shape),
+            "params": count_parameters(teacher),
+            "macs": count_macs(teacher, ds.train.image_shape),
+            "teacher_hash": state_dict_hash(teacher),
+            "wall_time_s": time.perf_counter() - t0,
+            "seed": tc.seed,
+        })
 
 
 def store_identity(cfg: Config, ds: Datasets, teacher_hash: str) -> StoreIdentity:
@@ -192,7 +263,7 @@ def precompute(cfg: Config, rank: int | None = None, world_size: int | None = No
     """Write (or finish) the IG map store of the configured training set and teacher."""
     device = setup_device(cfg.train.device, cfg.train.threads)
     ds = load_datasets(cfg)
-    teacher, teacher_hash = load_teacher(cfg, *ds.shape, device)
+    teacher, teacher_hash = load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:])
     identity = store_identity(cfg, ds, teacher_hash)
     return precompute_ig(teacher, ds.train, store_path(cfg, identity), identity, ig_options(cfg, device),
                          rank=rank, world_size=world_size, progress=progress)
@@ -216,50 +287,88 @@ def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str | None) -> torch.T
 
 def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
             on_epoch_end=None) -> dict:
-    """Train a truncated student by ``distill.method``; write the run directory; return its summary."""
+    """Train the configured student (truncated or scaled) by ``distill.method``; write the run directory;
+    return its summary."""
     tc = cfg.train
     device, ds, data = _prepare(cfg, tc)
     method = cfg.distill.method
     spec = MethodSpec.parse(method)
     needs_teacher, uses_ig = spec.needs_teacher, spec.ig
-    if needs_teacher or uses_ig:
-        teacher, teacher_hash = load_teacher(cfg, *ds.shape, device)
-    else:  # the architecture alone fixes the student's shape
-        teacher, teacher_hash = build_teacher(cfg, *ds.shape), None
-    maps = overlay_maps(cfg, ds, teacher_hash) if uses_ig else None
-    student = truncated_student(teacher, cfg.student.remove_blocks)
-    at_layer = cfg.distill.at_layer
-    if at_layer is None and spec.at:
-        at_layer = at_layer_for(cfg.student.remove_blocks, len(teacher.features))
-    distiller = Distiller(student, teacher if needs_teacher else None, method, cfg.distill, at_layer=at_layer)
-    run = RunDir(out)
-    run.start(cfg, resume, environment(device, tc.seed))
-    t0 = time.perf_counter()
-    history = fit(distiller, data, tc, cfg.augment, run, device,
-                  maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
-                  desc=method, on_epoch_end=on_epoch_end)
-    teacher_acc = None
-    if teacher_hash is not None:
-        teacher_acc = evaluate(teacher, ds.test.x.to(device), ds.test.y.to(device), ds.convention,
-                               tc.eval_batch_size)
     shape = ds.train.image_shape
-    return _finish(run, history, {
-        "role": "student",
-        "method": method,
-        "overlay_maps": cfg.augment.maps if uses_ig else None,
-        "remove_blocks": cfg.student.remove_blocks,
-        "dataset": ds.train.name,
-        "dataset_fingerprint": ds.train.fingerprint(),
-        "train_images": len(data.train_pos),
-        "test_images": len(ds.test),
-        "params": count_parameters(student),
-        "macs": count_macs(student, shape),
-        "teacher_params": count_parameters(teacher),
-        "teacher_macs": count_macs(teacher, shape),
-        "compression_factor": compression_factor(teacher, student),
-        "teacher_hash": teacher_hash,
-        "teacher_test_acc": teacher_acc,
-        "at_layer": at_layer,
-        "wall_time_s": time.perf_counter() - t0,
-        "seed": tc.seed,
-    })
+    if needs_teacher or uses_ig:
+        teacher, teacher_hash = load_teacher(cfg, *ds.shape, device, shape[1:])
+    else:  # the architecture alone fixes the student's shape
+        teacher, teacher_hash = build_teacher(cfg, *ds.shape, shape[1:]), None
+    arch = student_spec(cfg, shape, ds.train.num_classes)
+    student = arch.build(teacher, *ds.shape)
+    if arch.kind != "truncated":  # a truncated student takes what its teacher takes
+        plan = cfg.student.strides if cfg.student.strides is not None else cfg.teacher.strides
+        check_fits(student, shape, ds.train.num_classes, f"student {arch.label}", arch.arch or "cifar_mobilenet_v2",
+                   "student", explicit_strides=arch.kind == "scaled" and plan != "auto")
+    maps = overlay_maps(cfg, ds, teacher_hash) if uses_ig else None
+    at_layer, teacher_at_layer, at_pair = (at_layers(cfg, arch.kind, student, teacher, shape) if spec.at
+                                           else (cfg.distill.at_layer, None, None))
+    by_name = at_pair is not None and at_layer is None  # any architecture: modules by name, maps resized
+    distiller = Distiller(student, teacher if needs_teacher else None, method, cfg.distill, at_layer=at_layer,
+                          teacher_at_layer=teacher_at_layer,
+                          at_modules=(at_pair.student, at_pair.teacher) if by_name else None)
+    run = RunDir(out)
+    with _claim(run, cfg, tc, resume, device) as ctx:
+        t0 = time.perf_counter()
+        history = fit(distiller, data, tc, cfg.augment, run, device,
+                      maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
+                      desc=method, on_epoch_end=on_epoch_end)
+        teacher_acc = None
+        if teacher_hash is not None:
+            teacher_acc = evaluate(teacher, ds.test.x.to(device), ds.test.y.to(device), ds.convention,
+                                   tc.eval_batch_size)
+        return _finish(run, history, ctx=ctx, extra={
+            "role": "student",
+            "method": method,
+            "overlay_maps": cfg.augment.maps if uses_ig else None,
+            "remove_blocks": arch.remove_blocks,
+            "student": arch.to_dict(),
+            "teacher": teacher_arch(cfg, shape[1:]),
+            "dataset": ds.train.name,
+            "dataset_fingerprint": ds.train.fingerprint(),
+            "input_shape": list(shape),
+            "train_images": len(data.train_pos),
+            "test_images": len(ds.test),
+            "params": count_parameters(student),
+            "macs": count_macs(student, shape),
+            "teacher_params": count_parameters(teacher),
+            "teacher_macs": count_macs(teacher, shape),
+            "compression_factor": compression_factor(teacher, student),
+            "teacher_hash": teacher_hash,
+            "teacher_test_acc": teacher_acc,
+            "at_layer": at_layer,
+            "teacher_at_layer": at_layer if teacher_at_layer is None else teacher_at_layer,
+            "at_pair": at_pair.to_dict() if at_pair is not None else None,
+            "wall_time_s": time.perf_counter() - t0,
+            "seed": tc.seed,
+        })
+
+
+def at_layers(cfg: Config, kind: str, student: torch.nn.Module, teacher: torch.nn.Module,
+              shape: tuple[int, int, int]):
+    """The attention-transfer layers: (student ``features`` index, teacher index, the pair by module name).
+
+    The cifar_mobilenet_v2 family keeps the paper's rule: ``distill.at_layer`` (default METHOD.md's
+    ``features[19 // d]``) of both nets for a truncated student, the teacher's module of the nearest
+    spatial size for a scaled one. Any other pair, or one named by ``distill.at_student_layer`` /
+    ``distill.at_teacher_layer``, is chosen by :func:`~igkd.models.taps.pair_at_layers`; the indices
+    are then None.
+    """
+    dc = cfg.distill
+    named = dc.at_student_layer is not None or dc.at_teacher_layer is not None
+    if kind == "arch" or not is_family(cfg.teacher.arch) or named:
+        student_layer = dc.at_student_layer or (f"features.{dc.at_layer}" if dc.at_layer is not None else None)
+        pair = pair_at_layers(student, teacher, shape, student_layer, dc.at_teacher_layer,
+                              names=("student", f"teacher {cfg.teacher.arch}"))
+        return None, None, pair
+    at_layer = dc.at_layer if dc.at_layer is not None else at_layer_for(cfg.student.remove_blocks,
+                                                                        len(teacher.features))
+    teacher_at_layer = paired_at_layer(student, teacher, at_layer, shape) if kind != "truncated" else None
+    pair = at_pair_of(student, teacher, shape, f"features.{at_layer}",
+                      f"features.{at_layer if teacher_at_layer is None else teacher_at_layer}")
+    return at_layer, teacher_at_layer, pair

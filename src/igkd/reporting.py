@@ -34,24 +34,26 @@ def _fmt(value: object) -> str:
 
 def compression_table(cfg: Config) -> str:
     """Student size and cost for every k of the configured teacher (METHOD.md's CF table)."""
-    from .data.catalog import DATASETS
+    from .data.catalog import DATASETS, known_image_shape
     from .errors import ConfigError
     from .models import (
         compression_factor,
         count_macs,
         count_parameters,
-        create_model,
+        is_family,
         truncated_student,
     )
+    from .pipeline import build_teacher
 
     info = DATASETS[cfg.data.name]
     if info.image_shape is None:
         known = ", ".join(k for k, v in DATASETS.items() if v.image_shape is not None)
         raise ConfigError(f"compression-table knows the image shape of {known} only, not {cfg.data.name}")
-    shape, classes = info.image_shape, info.num_classes
-    t = cfg.teacher
-    teacher = create_model(t.arch, num_classes=classes, in_channels=shape[0], width_mult=t.width_mult,
-                           strides=t.strides, dropout=t.dropout)
+    if not is_family(cfg.teacher.arch):
+        raise ConfigError(f"compression-table lists the truncated students of cifar_mobilenet_v2, not "
+                          f"{cfg.teacher.arch}")
+    shape, classes = known_image_shape(cfg.data.name, cfg.data.image_size), info.num_classes
+    teacher = build_teacher(cfg, classes, shape[0], shape[1:])
     rows = [("teacher", count_parameters(teacher), 1.0, count_macs(teacher, shape) / 1e6)]
     for k in range(1, len(teacher.features)):
         s = truncated_student(teacher, k)

@@ -29,10 +29,21 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def setup_device(device: str, threads: int | None = None) -> torch.device:
-    """The one place a command picks its device and its CPU thread count."""
+def setup_device(device: str, threads: int | None = None, deterministic: bool = False) -> torch.device:
+    """The one place a command picks its device, its CPU thread count and deterministic mode.
+
+    Deterministic mode makes CUDA runs repeatable (cuDNN's autotuner off, deterministic kernels only; an
+    operation without one raises). On the CPU igkd's runs are repeatable without it.
+    """
     if threads:
         torch.set_num_threads(threads)
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     return resolve_device(device)
 
 

@@ -12,7 +12,7 @@ from igkd.cli import main
     ("ig.n_steps=1", ">= 2 for Riemann"),  # with ig.method=riemann_trapezoid below
     ("ig.baseline=white", "zeros-normalized"),
     ("ig.dtype=float64", "float16"),
-    ("teacher.arch=resnet18", "cifar_mobilenet_v2"),
+    ("teacher.arch=resnet_18", "cifar_mobilenet_v2"),
     ("teacher.strides=[1,1,3,2,2]", "each 1 or 2"),
     ("data.name=mnist", "fashion_mnist"),
     ("student.remove_blocks=19", "1..18"),

@@ -28,7 +28,9 @@ from torch import nn
 
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
+from ..distributed import resolve_rank
 from ..errors import ConfigError, NumericalError, StaleStoreError
+from ..locks import FileLock
 from ..utils import progress_bar, resolve_device
 from .identity import StoreIdentity, baseline_spec
 from .ig import (
@@ -99,17 +101,6 @@ class PrecomputeResult:
     complete: bool = False
     store: MapStore | None = None
     seconds: float = 0.0
-
-
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit values, else torchrun's ``RANK``/``WORLD_SIZE``, else 0 of 1."""
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if rank is None:
-        rank = int(os.environ.get("RANK", "0"))
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return rank, world_size
 
 
 def baseline_tensor(baseline: str, convention: InputConvention, image_shape: tuple[int, ...]) -> torch.Tensor:
@@ -276,7 +267,9 @@ def precompute_ig(
     desc = "IG maps" if world_size == 1 else f"IG maps rank {rank}/{world_size}"
     bar = progress_bar(total=sum(size(c) for c in mine), initial=sum(size(c) for c in result.skipped),
                        unit="img", desc=desc, smoothing=0.1, enabled=progress)
-    try:
+    # One process per rank: a second one (same rank, same store) is refused; a killed one's lock is taken over.
+    lock = FileLock(path, f"IG store (rank {rank} of {world_size})", name=f".igkd.lock.rank{rank}-of-{world_size}")
+    with lock, bar:
         for c in todo:
             if writer.is_recorded(c):  # done meanwhile by another process (resume overlap)
                 result.skipped.append(c)
@@ -291,12 +284,10 @@ def precompute_ig(
             result.computed.append(c)
             if on_chunk_done is not None:
                 on_chunk_done(c)
-    finally:
         bar.close()
-
-    if finalize and all(c in writer.records() for c in range(writer.num_chunks)):
-        result.store = writer.finalize()
-        result.complete = True
+        if finalize and all(c in writer.records() for c in range(writer.num_chunks)):
+            result.store = writer.finalize()
+            result.complete = True
     result.seconds = time.perf_counter() - t_start
     return result
 

@@ -141,7 +141,11 @@ class MapStore:
     @property
     def maps(self) -> np.memmap:
         if self._maps is None:  # opened lazily, so a pickled store (DataLoader worker) reopens it
-            self._maps = np.load(self.path / "maps.npy", mmap_mode="r")
+            try:
+                self._maps = np.load(self.path / "maps.npy", mmap_mode="r")
+            except (OSError, ValueError, EOFError) as e:
+                raise StaleStoreError(f"IG map store {self.path}: maps.npy is unreadable ({type(e).__name__}: "
+                                      f"truncated or corrupt): delete the folder and {FIX}") from None
         return self._maps
 
     def __getstate__(self) -> dict[str, Any]:
@@ -176,7 +180,7 @@ class MapStore:
         """
         maps = np.array(self.maps)
         recorded = self.meta.get("maps_sha256")
-        if recorded is not None and _maps_sha256(maps) != recorded:
+        if recorded is None or _maps_sha256(maps) != recorded:
             raise StaleStoreError(f"IG map store {self.path}: maps.npy does not match the sha256 recorded "
                                   f"when it was finalised (changed or corrupted on disk): delete it and {FIX}")
         if not np.isfinite(maps).all():

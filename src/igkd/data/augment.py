@@ -106,6 +106,9 @@ class OverlayDraw:
     def index(self) -> torch.Tensor:
         return torch.nonzero(self.chosen).squeeze(1)
 
+    def select(self, idx: torch.Tensor | slice) -> OverlayDraw:
+        return OverlayDraw(self.chosen[idx], self.exponents[idx])
+
 
 def draw_overlay(b: int, p: float, generator: torch.Generator, power_range: tuple[float, float] = (1.0, 2.0),
                  device: torch.device | str = "cpu") -> OverlayDraw:
@@ -173,8 +176,19 @@ def ig_overlay(
 
 
 def _apply_overlay(images01: torch.Tensor, maps: torch.Tensor, draw: OverlayDraw, mix: float,
-                   cf: CropFlip | None = None) -> torch.Tensor:
-    """Blend the chosen images with their whole-map-normalised maps (cropped and flipped by ``cf``)."""
+                   cf: CropFlip | None = None, masked: bool | None = None) -> torch.Tensor:
+    """Blend the chosen images with their whole-map-normalised maps (cropped and flipped by ``cf``).
+
+    On the CPU only the chosen maps are normalised. On an accelerator (``masked``) every map is, and
+    the chosen images are kept with a mask: the same values per image (elementwise operations and
+    exact min and max), without the host waiting for the device to learn how many were chosen.
+    """
+    if masked if masked is not None else images01.device.type != "cpu":
+        normalized = normalize_maps(maps.to(images01.device), draw.exponents.to(images01.device))
+        if cf is not None:
+            normalized = cf.apply(normalized)
+        chosen = draw.chosen.to(images01.device)[:, None, None, None]
+        return torch.where(chosen, blend(images01, normalized, mix), images01)
     idx = draw.index
     if idx.numel() == 0:
         return images01.clone()
@@ -203,9 +217,55 @@ def augment_batch(
     """
     b, _c, h, w = images01.shape
     cf = draw_crop_flip(b, h, w, padding, generator, flip, images01.device) if (padding or flip) else None
-    out = cf.apply(images01) if cf is not None else images01
     if maps is None or overlay_p <= 0:
-        return out
+        return apply_draws(images01, None, AugmentDraws(cf, None), mix)
     _check_overlay_args(images01, maps)
     draw = draw_overlay(b, overlay_p, overlay_generator or generator, power_range, images01.device)
-    return _apply_overlay(out, maps, draw, mix, cf)
+    return apply_draws(images01, maps, AugmentDraws(cf, draw), mix)
+
+
+@dataclass
+class AugmentDraws:
+    """Random draws for a run of samples, one row per sample: crop and flip, and the overlay's choices."""
+
+    crop_flip: CropFlip | None
+    overlay: OverlayDraw | None
+
+    def rows(self, start: int, stop: int) -> AugmentDraws:
+        """The draws of samples ``start`` to ``stop`` (positions in the order they were drawn for)."""
+        part = slice(start, stop)
+        return AugmentDraws(None if self.crop_flip is None else self.crop_flip.select(part),
+                            None if self.overlay is None else self.overlay.select(part))
+
+    def to(self, device: torch.device | str) -> AugmentDraws:
+        cf, ov = self.crop_flip, self.overlay
+        return AugmentDraws(None if cf is None else CropFlip(cf.rows.to(device), cf.cols.to(device), cf.padding),
+                            None if ov is None else OverlayDraw(ov.chosen.to(device), ov.exponents.to(device)))
+
+
+def draw_batches(batch_sizes: list[int], h: int, w: int, padding: int, flip: bool, generator: torch.Generator,
+                 overlay_p: float = 0.0, power_range: tuple[float, float] = (1.0, 2.0),
+                 overlay_generator: torch.Generator | None = None) -> AugmentDraws:
+    """What :func:`augment_batch` would draw for batches of these sizes in turn, drawn at once (on the
+    generators' device) and concatenated: the same numbers, so a loop can move one epoch's draws to its
+    device once instead of every step, and a data-parallel rank can take its part of a batch's draws."""
+    cfs, ovs = [], []
+    for b in batch_sizes:
+        if padding or flip:
+            cfs.append(draw_crop_flip(b, h, w, padding, generator, flip, generator.device))
+        if overlay_p > 0:
+            ovs.append(draw_overlay(b, overlay_p, overlay_generator or generator, power_range,
+                                    (overlay_generator or generator).device))
+    cf = CropFlip(torch.cat([c.rows for c in cfs]), torch.cat([c.cols for c in cfs]), padding) if cfs else None
+    ov = OverlayDraw(torch.cat([o.chosen for o in ovs]), torch.cat([o.exponents for o in ovs])) if ovs else None
+    return AugmentDraws(cf, ov)
+
+
+def apply_draws(images01: torch.Tensor, maps: torch.Tensor | None, draws: AugmentDraws,
+                mix: float = 0.5) -> torch.Tensor:
+    """Crop and flip, then (with maps and overlay draws) the IG overlay, as :func:`augment_batch` does."""
+    out = draws.crop_flip.apply(images01) if draws.crop_flip is not None else images01
+    if maps is None or draws.overlay is None:
+        return out
+    _check_overlay_args(images01, maps)
+    return _apply_overlay(out, maps, draws.overlay, mix, draws.crop_flip)

@@ -40,3 +40,21 @@ DATASETS: dict[str, DatasetInfo] = {
     d.name: d for d in (CIFAR10, FASHION_MNIST, DatasetInfo("npz"), DatasetInfo("image_folder"))
 }
 KNOWN_DATASETS = tuple(DATASETS)
+
+
+def image_size_hw(image_size: int | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
+    """``data.image_size`` as (H, W): one side for square images, or [H, W]; None: images as stored."""
+    if image_size is None:
+        return None
+    sides = [image_size] if isinstance(image_size, int) else list(image_size)
+    return (int(sides[0]), int(sides[-1]))
+
+
+def known_image_shape(name: str, image_size: int | list[int] | None = None) -> tuple[int, int, int] | None:
+    """(C, H, W) of a named dataset's images as loaded (``data.image_size`` applied), or None when only
+    its files can tell (``npz``, ``image_folder`` without an image size)."""
+    info = DATASETS.get(name)
+    hw = image_size_hw(image_size)
+    if info is None or info.image_shape is None:
+        return None
+    return info.image_shape if hw is None else (info.image_shape[0], *hw)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from igkd.convention import InputConvention
-from igkd.data.catalog import FASHION_MNIST, KNOWN_DATASETS
+from igkd.data.catalog import FASHION_MNIST, KNOWN_DATASETS, image_size_hw
 from igkd.data.image_dataset import ImageDataset
-from igkd.errors import ConfigError, DatasetNotFoundError
+from igkd.errors import ConfigError, DataError, DatasetNotFoundError
 
 SPLITS = ("train", "test")
 
@@ -41,12 +41,16 @@ def load_dataset(
     split: str = "train",
     root: str | Path | None = None,
     download: bool = False,
+    image_size: int | Sequence[int] | None = None,
 ) -> ImageDataset:
     """Load one split of a named dataset; the single door through which data enters the pipeline.
 
     ``root`` is a folder for ``cifar10``, ``fashion_mnist`` and ``image_folder`` and the ``.npz``
     file for ``npz``. With ``root=None`` the standard places are searched (see the loaders).
+    ``image_size`` (a side, or [H, W]; ``data.image_size``) resizes every image on load (bilinear,
+    antialiased); an image folder of mixed sizes needs it.
     """
+    hw = image_size_hw(image_size)
     if name not in KNOWN_DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     if split not in SPLITS:
@@ -59,17 +63,32 @@ def load_dataset(
     elif name == "npz":
         x, y, classes = _load_npz(split, root_path)
     else:
-        x, y, classes = _load_image_folder(split, root_path)
+        x, y, classes = _load_image_folder(split, root_path, hw)
+    if hw is not None:
+        x = resize_images(x, hw)
     return ImageDataset(name, x, y, list(classes))
 
 
-def compute_convention(ds: ImageDataset) -> InputConvention:
+def resize_images(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
+    """uint8 images (N, C, H, W) resized to ``size`` (H, W): bilinear, antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], *size), dtype=torch.uint8)
+    for start in range(0, x.shape[0], chunk):  # a float copy of a whole dataset is large
+        part = torch.nn.functional.interpolate(x[start:start + chunk].float(), size=size, mode="bilinear",
+                                               align_corners=False, antialias=True)
+        out[start:start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def compute_convention(ds: ImageDataset, source: str | Path | None = None) -> InputConvention:
     """Per-channel mean/std of pixel values in [0, 1], for datasets without published constants.
 
     Compute it on the training split and record it; the test split must reuse the training numbers.
     """
+    where = f"dataset {ds.name!r}" + (f" ({source})" if source else "")
     if len(ds) == 0:
-        raise ConfigError(f"cannot compute mean/std of the empty dataset {ds.name!r}")
+        raise DataError(f"{where} has no training images: cannot compute its mean and std")
     channels = ds.x.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
@@ -81,7 +100,9 @@ def compute_convention(ds: ImageDataset) -> InputConvention:
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0.0).sqrt()
     if bool((std == 0).any()):
-        raise ConfigError(f"dataset {ds.name!r} has a constant channel; cannot normalise by its std")
+        channels = torch.nonzero(std == 0).flatten().tolist()
+        raise DataError(f"{where}: channel(s) {channels} hold one value in every training image; cannot "
+                        "normalise by a std of 0")
     return InputConvention(tuple(mean.tolist()), tuple(std.tolist()))
 
 
@@ -146,8 +167,8 @@ def _read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise DatasetNotFoundError(
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises almost anything; all mean the same
+        raise DataError(
             f"CIFAR-10 file {path} is unreadable ({_one_line(exc)}); delete it and re-download with --download"
         ) from None
     if not isinstance(obj, dict):
@@ -286,11 +307,18 @@ def _fashion_files(folder: Path, split: str) -> tuple[Path, Path] | None:
 
 
 def _find_fashion_files(candidates: Sequence[Path], split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     for c in candidates:
         for d in (c, c / "FashionMNIST" / "raw"):  # flat, or torchvision's layout
             files = _fashion_files(d, split)
             if files is not None:
                 return files
+            found = [_idx_file(d, stem) for stem in stems]
+            if any(found):  # half a pair: name what is missing rather than look elsewhere
+                missing = [f"{stem}(.gz)" for stem, f in zip(stems, found) if f is None]
+                raise DatasetNotFoundError(f"Fashion-MNIST in {d} is incomplete: {', '.join(missing)} is missing; "
+                                           "copy it there or delete the folder and pass --download")
     return None
 
 
@@ -341,35 +369,42 @@ def _load_fashion_mnist(split: str, root: Path | None, download: bool):
 def _read_npz(path: str, split: str, stat_key: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     del stat_key  # only part of the cache key
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetNotFoundError(f"npz file {path} is unreadable ({_one_line(exc)})") from None
-    with archive:
-        for key in ("x_train", "y_train", "x_test", "y_test"):
-            if key not in archive.files:
-                raise ConfigError(f"npz file {path} lacks the array {key!r} (needs x_train, y_train, x_test, y_test)")
-        x = archive[f"x_{split}"]
-        y = archive[f"y_{split}"]
-        y_all = [archive["y_train"], archive["y_test"]]
-        classes_arr = archive["classes"] if "classes" in archive.files else None
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
+            if missing:
+                raise DataError(f"npz file {path} lacks the array(s) {', '.join(missing)} (needs x_train, y_train, "
+                                "x_test, y_test; optional classes)")
+            x = archive[f"x_{split}"]
+            y = archive[f"y_{split}"]
+            y_all = [archive["y_train"], archive["y_test"]]
+            other_x = archive["x_test" if split == "train" else "x_train"]
+            classes_arr = archive["classes"] if "classes" in archive.files else None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - not a zip, truncated, bad member: numpy/zipfile raise many types
+        raise DataError(f"npz file {path} is unreadable ({_one_line(exc)}): not an .npz archive, truncated or "
+                        "holding pickled objects; re-create it with numpy.savez") from None
     key = f"x_{split}"
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise ConfigError(f"npz {path}: {key!r} must be uint8 images (N, H, W, C) or (N, H, W), got {x.dtype} {x.shape}")
+        raise DataError(f"npz {path}: {key!r} must be uint8 images (N, H, W, C) or (N, H, W), got {x.dtype} {x.shape}")
+    if other_x.ndim != x.ndim or other_x.shape[1:] != x.shape[1:]:
+        raise DataError(f"npz {path}: x_train and x_test differ in image shape ({' x '.join(map(str, x.shape[1:]))} "
+                        f"vs {' x '.join(map(str, other_x.shape[1:]))}); both splits need the same size and channels")
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     for name, arr in (("y_train", y_all[0]), ("y_test", y_all[1])):
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (arr.size and arr.min() < 0):
-            raise ConfigError(f"npz {path}: {name!r} must be 1-D non-negative integer labels, got {arr.dtype} {arr.shape}")
+            raise DataError(f"npz {path}: {name!r} must be 1-D non-negative integer labels, got {arr.dtype} {arr.shape}")
     if len(y) != len(x):
-        raise ConfigError(f"npz {path}: 'y_{split}' has {len(y)} labels for {len(x)} images in {key!r}")
+        raise DataError(f"npz {path}: 'y_{split}' has {len(y)} labels for {len(x)} images in {key!r}")
     if classes_arr is not None:
         if classes_arr.ndim != 1:
-            raise ConfigError(f"npz {path}: 'classes' must be a 1-D array of names, got shape {classes_arr.shape}")
+            raise DataError(f"npz {path}: 'classes' must be a 1-D array of names, got shape {classes_arr.shape}")
         classes = tuple(str(c) for c in classes_arr.tolist())
     else:
         top = max((int(a.max()) for a in y_all if a.size), default=-1)
         classes = tuple(str(i) for i in range(top + 1))
     if y.size and int(y.max()) >= len(classes):
-        raise ConfigError(f"npz {path}: 'y_{split}' has label {int(y.max())} but only {len(classes)} classes")
+        raise DataError(f"npz {path}: 'y_{split}' has label {int(y.max())} but only {len(classes)} classes")
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), classes
 
 
@@ -389,7 +424,7 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_image_folder(split: str, root: Path | None):
+def _load_image_folder(split: str, root: Path | None, size: tuple[int, int] | None = None):
     if root is None:
         raise ConfigError("dataset 'image_folder' needs root (data.root) set to a folder with train/ and test/")
     split_dir = root / split
@@ -408,17 +443,22 @@ def _load_image_folder(split: str, root: Path | None):
         if not cls_dir.is_dir():
             continue
         found = sorted(p for p in cls_dir.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"class folder {cls_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}); "
+                            "add images or remove the folder")
         files += found
         labels += [label] * len(found)
     if not files:
-        raise DatasetNotFoundError(f"image folder {split_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+        raise DataError(f"image folder {split_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
     key = _stat_key(files)
-    x = _read_images(tuple(str(f) for f in files), key)
+    x = _read_images(tuple(str(f) for f in files), key, size)
     return x, torch.tensor(labels, dtype=torch.int64), classes
 
 
 @functools.lru_cache(maxsize=4)
-def _read_images(files: tuple[str, ...], stat_key: tuple) -> torch.Tensor:
+def _read_images(files: tuple[str, ...], stat_key: tuple, resize: tuple[int, int] | None = None) -> torch.Tensor:
+    """The images of ``files``, all of one size, or each resized to ``resize`` (H, W) (PIL, bilinear,
+    antialiased), in one mode: grey-scale when all are, else RGB."""
     del stat_key  # only part of the cache key
     from PIL import Image, UnidentifiedImageError
 
@@ -430,14 +470,22 @@ def _read_images(files: tuple[str, ...], stat_key: tuple) -> torch.Tensor:
             with Image.open(f) as im:
                 if size is None:
                     size = im.size
-                elif im.size != size:
-                    raise ConfigError(f"image {f} is {im.size[0]}x{im.size[1]}, others are {size[0]}x{size[1]}; all images must share one size")
+                elif im.size != size and resize is None:
+                    raise DataError(f"image {f} is {im.size[0]}x{im.size[1]} (width x height), others are "
+                                    f"{size[0]}x{size[1]}; set data.image_size (a side, or [height, width]) to "
+                                    "resize all images on load")
                 modes.add(im.mode)
                 im.load()
                 arrays.append(im.copy())
         except (OSError, UnidentifiedImageError) as exc:
-            raise DatasetNotFoundError(f"image {f} is unreadable ({_one_line(exc)})") from None
+            raise DataError(f"image {f} is unreadable ({_one_line(exc)})") from None
     mode = "L" if modes == {"L"} else "RGB"
-    stack = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in arrays])
+
+    def pixels(im):
+        im = im.convert(mode)  # before resizing: a palette image would be resized by its indices
+        return np.asarray(im if resize is None else im.resize(resize[::-1], Image.Resampling.BILINEAR),
+                          dtype=np.uint8)
+
+    stack = np.stack([pixels(im) for im in arrays])
     x = stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x))

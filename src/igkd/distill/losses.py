@@ -18,20 +18,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
-def attention_map(features: torch.Tensor) -> torch.Tensor:
-    """a(F) = L2-normalise(flatten(mean over channels of F²)), one row per sample."""
-    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """a(F) = L2-normalise(flatten(mean over channels of F²)), one row per sample.
+
+    With ``size``, the map is resized to (H, W) before it is normalised: area-averaged when it shrinks,
+    bilinear when it grows, so maps of layers of different resolution can be compared.
+    """
+    a = features.pow(2).mean(dim=1, keepdim=True)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        shrink = a.shape[-2] >= size[0] and a.shape[-1] >= size[1]
+        a = F.interpolate(a, size=size, mode="area") if shrink else \
+            F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(a.flatten(1), dim=1)
 
 
-def at_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+def at_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, resize: bool = False) -> torch.Tensor:
     """mean((a_t - a_s)²) over batch and positions: the authors' ("code") variant of Zagoruyko's AT.
 
     The AT paper's own form is the p-norm of the difference; METHOD.md's mean of squares is what the
-    reproduced numbers used.
+    reproduced numbers used. Maps of different sizes are an error unless ``resize``: then the teacher's
+    map is resized to the student's (a scaled student's layer need not match the teacher's in size).
     """
-    if student_features.shape[-2:] != teacher_features.shape[-2:]:
+    size = tuple(student_features.shape[-2:])
+    if size != tuple(teacher_features.shape[-2:]) and not resize:
         raise ValueError(
-            f"attention maps differ in size: student {tuple(student_features.shape[-2:])}, "
+            f"attention maps differ in size: student {size}, "
             f"teacher {tuple(teacher_features.shape[-2:])}; choose another distill.at_layer"
         )
-    return (attention_map(teacher_features) - attention_map(student_features)).pow(2).mean()
+    return (attention_map(teacher_features, size) - attention_map(student_features)).pow(2).mean()

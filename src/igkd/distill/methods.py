@@ -45,11 +45,16 @@ class _Capture:
 class Distiller(nn.Module):
     """Student plus (frozen, always-eval) teacher; ``forward_train`` returns logits and named losses.
 
-    The teacher sees exactly the batch the student sees: the same crop, flip and overlay.
+    The teacher sees exactly the batch the student sees: the same crop, flip and overlay. Attention
+    transfer compares the student's ``features[at_layer]`` with the teacher's ``features[at_layer]``,
+    or with ``features[teacher_at_layer]`` when given (a scaled student), its map resized to the student's.
+    Networks of any architecture name their modules instead: ``at_modules = (student module, teacher
+    module)``, the teacher's map resized to the student's when their sizes differ.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, method: str, cfg: DistillConfig,
-                 at_layer: int | None = None):
+                 at_layer: int | None = None, teacher_at_layer: int | None = None,
+                 at_modules: tuple[str, str] | None = None):
         super().__init__()
         self.spec = MethodSpec.parse(method)
         if self.spec.needs_teacher and teacher is None:
@@ -62,10 +67,14 @@ class Distiller(nn.Module):
         self.cfg = cfg
         self.alpha = cfg.alpha if self.spec.kd else 0.0
         if self.spec.at:
-            if at_layer is None:
-                raise ValueError("attention transfer needs at_layer")
-            self._s_feat = _Capture(student.features[at_layer])
-            self._t_feat = _Capture(self.teacher.features[at_layer])
+            self._at_resize = at_modules is not None or teacher_at_layer is not None
+            if at_modules is None:
+                if at_layer is None:
+                    raise ValueError("attention transfer needs at_layer or at_modules")
+                t_layer = at_layer if teacher_at_layer is None else teacher_at_layer
+                at_modules = (f"features.{at_layer}", f"features.{t_layer}")
+            self._s_feat = _Capture(student.get_submodule(at_modules[0]))
+            self._t_feat = _Capture(self.teacher.get_submodule(at_modules[1]))
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -73,10 +82,13 @@ class Distiller(nn.Module):
             self.teacher.eval()  # whatever train() is called with
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """The student's logits; with labels, :meth:`forward_train` (so DDP or torch.compile can wrap the
+        whole training forward, teacher and losses included, as one module call)."""
+        return self.student(x) if y is None else self.forward_train(x, y)
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Student and teacher forward on the same device in the same step, nothing read back to the host."""
         logits = self.student(x)
         losses = {"ce": (1.0 - self.alpha) * ce_loss(logits, y)}
         if self.teacher is not None:
@@ -85,5 +97,6 @@ class Distiller(nn.Module):
             if self.spec.kd:
                 losses["kd"] = self.alpha * kd_loss(logits, teacher_logits, self.cfg.temperature)
             if self.spec.at:
-                losses["at"] = self.cfg.gamma * at_loss(self._s_feat.value, self._t_feat.value)
+                losses["at"] = self.cfg.gamma * at_loss(self._s_feat.value, self._t_feat.value,
+                                                          resize=self._at_resize)
         return logits, losses

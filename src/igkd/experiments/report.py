@@ -11,7 +11,6 @@ saved under ``report_files/`` and linked.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -28,8 +27,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..fileio import read_run_metrics  # noqa: E402
 from ..reporting import format_table  # noqa: E402
 from . import stats  # noqa: E402
+from .results import read_results, read_study  # noqa: E402
 
 FILES_DIR = "report_files"
 DPI = 100
@@ -111,17 +112,11 @@ class Study:
 
 def load_study(study_dir: str | Path) -> Study:
     study_dir = Path(study_dir)
-    results = study_dir / "results.csv"
-    if not results.is_file():
-        raise ConfigError(f"no results.csv in {study_dir}: nothing to report yet")
-    with results.open(newline="") as f:
-        rows = [_parse_row(r) for r in csv.DictReader(f)]
+    rows = [_parse_row(r) for r in read_results(study_dir)]
     rows = [r for r in rows if r.get("method") and _finite(r.get("test_acc_last"))]
     if not rows:
-        raise ConfigError(f"{results} holds no finished runs: nothing to report yet")
-    meta_path = study_dir / "study.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return Study(study_dir, meta, rows)
+        raise ConfigError(f"{study_dir / 'results.csv'} holds no finished runs: nothing to report yet")
+    return Study(study_dir, read_study(study_dir), rows)
 
 
 def _parse_row(raw: dict) -> dict:
@@ -383,19 +378,13 @@ def compression_plot_section(study: Study) -> Section | None:
                    [figure(fig, "accuracy_vs_compression", "Mean test accuracy with 95 % CI.")])
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def learning_curves_section(study: Study) -> Section | None:
     # curves[group][method][epoch] -> test accuracies of all runs at that epoch
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for r in study.rows:
         if not r.get("run_dir"):
             continue
-        for m in read_metrics(study.dir / r["run_dir"] / "metrics.jsonl"):
+        for m in read_run_metrics(study.dir / r["run_dir"]):
             if _finite(m.get("test_acc")) and m.get("epoch") is not None:
                 by_epoch = curves.setdefault(r["remove_blocks"], {}).setdefault(r["method"], {})
                 by_epoch.setdefault(int(m["epoch"]), []).append(float(m["test_acc"]))
@@ -476,22 +465,86 @@ def _class_name(classes, labels, i: int) -> str:
 
 
 def bench_section(study: Study) -> Section | None:
-    """Hook for latency results (``bench.json``): a plain table of whatever records it holds."""
-    path = study.dir / "bench.json"
-    if not path.is_file():
+    """Latency results (every ``bench*.json`` that ``igkd bench`` wrote into the study folder): per file
+    the table, the export and int8 checks, and test accuracy against measured latency with its Pareto
+    front. Models benched without an accuracy take the study's: the teacher's, and per method the mean
+    of the runs of the study's student at the same k (same kind, width and strides)."""
+    from ..deploy.results import (
+        accuracy_latency_figure,
+        bench_table,
+        check_lines,
+        environment_line,
+        load_bench,
+    )
+
+    paths = sorted(study.dir.glob("bench*.json"))
+    if not paths:
         return None
-    data = json.loads(path.read_text())
+    section = Section("Latency and accuracy")
+    for path in paths:
+        try:
+            bench = _with_study_accuracy(load_bench(path), study)
+        except ConfigError:  # not written by `igkd bench`: show whatever records it holds
+            section.blocks += _plain_records(path)
+            continue
+        headers, rows, align = bench_table(bench)
+        section.blocks += [Heading(bench.get("title") or path.stem), environment_line(bench),
+                           Table(headers, rows, align), *check_lines(bench), *bench.get("notes", [])]
+        fig = accuracy_latency_figure(bench)
+        if fig is not None:
+            section.blocks.append(figure(fig, f"accuracy_vs_latency_{path.stem}",
+                                         "Test accuracy against median latency at the smallest batch; "
+                                         "dashed: the Pareto front (no other model is both faster and "
+                                         "more accurate)."))
+    return section
+
+
+def _plain_records(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return [f"{path.name} skipped: unreadable ({type(exc).__name__})"]
     records = data.get("results", data) if isinstance(data, dict) else data
     if isinstance(records, dict):
         records = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "value": v}
                    for k, v in records.items()]
-    records = [r for r in records if isinstance(r, dict)]
+    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
     if not records:
-        return None
+        return [f"{path.name} skipped: no records"]
     headers = list(dict.fromkeys(k for r in records for k in r))
     rows = [[fmt(r.get(h)) if isinstance(r.get(h), float) else str(r.get(h, "-")) for h in headers]
             for r in records]
-    return Section("Latency", [Table(headers, rows)])
+    return [Heading(path.stem), Table(headers, rows)]
+
+
+def _with_study_accuracy(bench: dict, study: Study) -> dict:
+    bench = json.loads(json.dumps(bench))  # a copy
+    cfg = study.meta.get("config") or {}
+    student, teacher = cfg.get("student") or {}, cfg.get("teacher") or {}
+    teacher_acc = _teacher_accuracy(study)
+    for rec in bench["models"]:
+        if rec.get("accuracy"):
+            continue
+        if rec["role"] == "teacher" and teacher_acc is not None:
+            rec["accuracy"] = {"teacher": teacher_acc}
+        elif rec["role"] == "student" and _is_study_student(rec.get("student") or {}, student, teacher):
+            group = str(rec["student"]["remove_blocks"])
+            rec["accuracy"] = {m: float(np.mean(v)) for m in study.methods if (v := study.values(group, m))}
+    return bench
+
+
+def _is_study_student(spec: dict, student: dict, teacher: dict) -> bool:
+    """Whether a benched architecture is the study's student (a study varies k, not kind or width)."""
+    kind = student.get("kind", "truncated")
+    if spec.get("kind") != kind:
+        return False
+    if kind == "truncated":
+        return True
+    if student.get("budget_macs") is not None:  # the width was resolved by the runs, not recorded here
+        return False
+    width = student.get("width_mult") if student.get("width_mult") is not None else teacher.get("width_mult")
+    strides = student.get("strides") if student.get("strides") is not None else teacher.get("strides")
+    return spec.get("width_mult") == width and list(spec.get("strides") or []) == list(strides or [])
 
 
 # --------------------------------------------------------------------------------------------------

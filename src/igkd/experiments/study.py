@@ -39,7 +39,13 @@ from ..config import METHODS, Config, config_from_dict
 from ..data.augment import blend, normalize_maps
 from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
-from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from ..fileio import (
+    atomic_write_bytes,
+    read_checked_json,
+    write_checked_json,
+    write_with_sidecar,
+)
+from ..locks import FileLock
 from ..models.mobilenet import NUM_FEATURE_MODULES
 from ..pipeline import (
     distill,
@@ -51,6 +57,7 @@ from ..pipeline import (
 )
 from ..runs import RunDir
 from ..utils import derive_seed
+from .results import read_results, read_study
 
 # The paper's compression sweep: k = 3 .. 17 removed feature modules (CF 2.2 .. 1122).
 PAPER_DEPTHS = (3, 5, 7, 9, 11, 13, 15, 17)
@@ -157,8 +164,17 @@ def parse_depths(text: str) -> list[int]:
 def run_study(cfg: Config, plan: StudyPlan, out: str | Path, workers: int | None = None,
               threads_per_run: int | None = None, address: str | None = None,
               progress: bool | None = None, on_result: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run (or resume) the study in ``out``; return the rows of ``results.csv``."""
-    out = Path(out)
+    """Run (or resume) the study in ``out``; return the rows of ``results.csv``.
+
+    One process drives a study folder at a time (a lock names it); its runs lock their own folders.
+    """
+    load_datasets(cfg)  # bad data is an error before anything is written (loads are cached per process)
+    with FileLock(out, "study folder"):
+        return _run_study(cfg, plan, Path(out), workers, threads_per_run, address, progress, on_result)
+
+
+def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, threads_per_run: int | None,
+               address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None) -> list[dict]:
     cfg = copy.deepcopy(cfg)
     cfg.train.subset_fraction = plan.train_fraction
     _claim(out, cfg, plan)
@@ -206,7 +222,7 @@ def run_job(cfg_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     run = RunDir(run_dir)
     if run.complete:
         return run.summary()
-    return distill(cfg, run_dir, resume=run.checkpoint.is_file(), progress=False)
+    return distill(cfg, run_dir, resume=run.begun, progress=False)
 
 
 def _run_on_ray(cfg: Config, out: Path, todo: list[Job], workers: int | None, threads_per_run: int | None,
@@ -254,13 +270,17 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
               "baseline": plan.baseline, "dataset": cfg.data.name, "config": cfg.to_dict()}
     path = out / "study.json"
     if path.exists():
-        old = read_json(path)
-        if old.get("config") != record["config"] or old.get("plan", {}).get("paired") != plan.paired \
+        old = read_checked_json(path, f"move {out} aside and start the study again")
+        try:  # a config saved by an older igkd gains the defaults of keys added since
+            same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
+        except ConfigError:
+            same_config = False
+        if not same_config or old.get("plan", {}).get("paired") != plan.paired \
                 or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
         # More runs, methods or depths extend a study; what was run stays valid.
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, record)
+    write_checked_json(path, record)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,26 +304,16 @@ def write_results(out: Path, jobs: list[Job]) -> list[dict]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    teacher = out / "teacher" / "summary.json"
-    if teacher.exists():
-        study = read_json(out / "study.json")
-        t = read_json(teacher)
+    write_with_sidecar(out / "results.csv", buf.getvalue().encode())
+    study = read_study(out)
+    teacher = RunDir(out / "teacher")
+    if teacher.complete:
+        t = teacher.summary()
         study["teacher"] = {"test_acc": t.get("test_acc_last"), "params": t.get("params"), "macs": t.get("macs")}
-        write_json(out / "study.json", study)
     elif rows and rows[0].get("teacher_test_acc") is not None:
-        study = read_json(out / "study.json")
         study["teacher"] = {"test_acc": rows[0]["teacher_test_acc"]}
-        write_json(out / "study.json", study)
+    write_checked_json(out / "study.json", study)
     return rows
-
-
-def read_results(out: str | Path) -> list[dict]:
-    path = Path(out) / "results.csv"
-    if not path.exists():
-        raise ConfigError(f"no results.csv in {out}: run `igkd montecarlo` or `igkd sweep` there first")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> None:
@@ -326,4 +336,4 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
 
 
 __all__ = ["CONTROLS", "PAPER_DEPTHS", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
-           "run_job", "run_study", "write_gallery", "write_results"]
+           "read_study", "run_job", "run_study", "write_gallery", "write_results"]

@@ -3,34 +3,57 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .complexity import compression_factor, count_macs, count_parameters
 from .mobilenet import (
+    AUTO,
     CIFAR_STRIDES,
     IMAGENET_STRIDES,
     NUM_FEATURE_MODULES,
     TruncatedStudent,
     at_layer_for,
+    auto_strides,
     cifar_mobilenet_v2,
     reset_parameters,
+    resolve_strides,
     truncated_student,
 )
+from .registry import (
+    ARCH_HELP,
+    FAMILY,
+    create_model,
+    is_family,
+    model_name_problem,
+    torchvision_names,
+)
+from .students import (
+    STUDENT_KINDS,
+    WIDTH_GRID,
+    StudentSpec,
+    model_io,
+    paired_at_layer,
+    scaled_strides,
+    scaled_student,
+    student_kind,
+    student_spec,
+    widest_under,
+    width_for_macs,
+)
+from .taps import (
+    AtPair,
+    at_pair_of,
+    check_input,
+    feature_taps,
+    input_problem,
+    pair_at_layers,
+    smallest_side,
+    stage_ends,
+)
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"cifar_mobilenet_v2": cifar_mobilenet_v2}
-MODEL_NAMES = tuple(sorted(_REGISTRY))  # what teacher.arch may name
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    """One constructor for every architecture, by name (timm's shape)."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(**kwargs)
+MODEL_NAMES = FAMILY  # igkd's own architectures; teacher.arch and student.arch also take torchvision's and timm's
 
 
 def state_dict_hash(model_or_state: nn.Module | dict) -> str:
@@ -50,18 +73,45 @@ def state_dict_hash(model_or_state: nn.Module | dict) -> str:
 
 
 __all__ = [
+    "ARCH_HELP",
+    "AUTO",
+    "AtPair",
     "CIFAR_STRIDES",
+    "FAMILY",
     "IMAGENET_STRIDES",
     "MODEL_NAMES",
     "NUM_FEATURE_MODULES",
+    "STUDENT_KINDS",
+    "StudentSpec",
+    "WIDTH_GRID",
     "TruncatedStudent",
     "at_layer_for",
+    "at_pair_of",
+    "auto_strides",
+    "check_input",
     "cifar_mobilenet_v2",
     "compression_factor",
     "count_macs",
     "count_parameters",
     "create_model",
+    "feature_taps",
+    "input_problem",
+    "is_family",
+    "model_io",
+    "model_name_problem",
+    "pair_at_layers",
+    "paired_at_layer",
     "reset_parameters",
+    "resolve_strides",
+    "scaled_student",
+    "scaled_strides",
+    "smallest_side",
+    "stage_ends",
     "state_dict_hash",
+    "student_kind",
+    "student_spec",
+    "torchvision_names",
     "truncated_student",
+    "widest_under",
+    "width_for_macs",
 ]

@@ -15,6 +15,34 @@ _DOWNSAMPLING = (0, 2, 4, 7, 14)
 IMAGENET_STRIDES = (2, 2, 2, 2, 2)
 CIFAR_STRIDES = (1, 1, 2, 2, 2)
 NUM_FEATURE_MODULES = 19
+AUTO = "auto"  # a stride plan chosen from the image size
+MIN_LAST_SIDE = 4  # auto strides keep the last feature map at least this many pixels on its shorter side
+
+
+def auto_strides(image_size: Sequence[int]) -> tuple[int, ...]:
+    """The stride plan ``strides: auto`` picks for images of ``image_size`` (H, W).
+
+    As many stride-2 modules as keep the last feature map at least 4 pixels on its shorter side (all
+    five from 128 px up: cheap on large images), placed in the latest downsampling modules (the early
+    layers keep the most resolution, as in the CIFAR plan). 32x32 gives CIFAR_STRIDES exactly; 8x8
+    gives (1, 1, 1, 1, 2); 64x64 (1, 2, 2, 2, 2); 224x224 the ImageNet plan. A 3x3 conv of stride 2
+    and padding 1 maps a side s to ceil(s / 2).
+    """
+    side, n = min(int(v) for v in image_size), 0
+    while n < len(_DOWNSAMPLING) and -(-side // 2) >= MIN_LAST_SIDE:
+        side, n = -(-side // 2), n + 1
+    return (1,) * (len(_DOWNSAMPLING) - n) + (2,) * n
+
+
+def resolve_strides(strides: Sequence[int] | str, image_size: Sequence[int] | None) -> tuple[int, ...]:
+    """``strides`` as five numbers: ``auto`` resolved on ``image_size`` (H, W)."""
+    if isinstance(strides, str):
+        if strides != AUTO:
+            raise ValueError(f"strides must be {AUTO!r} or five values, each 1 or 2, got {strides!r}")
+        if image_size is None:
+            raise ValueError("strides 'auto' needs the image size")
+        return auto_strides(image_size)
+    return tuple(int(v) for v in strides)
 
 
 def _stride_conv(features: nn.Sequential, index: int) -> nn.Conv2d:
