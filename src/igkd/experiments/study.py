@@ -41,7 +41,6 @@ from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
 from ..fileio import (
     atomic_write_bytes,
-    read_checked_json,
     write_checked_json,
     write_with_sidecar,
 )
@@ -268,9 +267,8 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
     record = {"kind": plan.kind, "plan": asdict(plan), "methods": plan.methods, "runs": plan.runs,
               "remove_blocks": plan.remove_blocks, "paired": plan.paired, "train_fraction": plan.train_fraction,
               "baseline": plan.baseline, "dataset": cfg.data.name, "config": cfg.to_dict()}
-    path = out / "study.json"
-    if path.exists():
-        old = read_checked_json(path, f"move {out} aside and start the study again")
+    old = read_study(out)
+    if old:
         try:  # a config saved by an older igkd gains the defaults of keys added since
             same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
         except ConfigError:
@@ -280,7 +278,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
         # More runs, methods or depths extend a study; what was run stays valid.
     out.mkdir(parents=True, exist_ok=True)
-    write_checked_json(path, record)
+    write_checked_json(out / "study.json", record)
 
 
 # --------------------------------------------------------------------------------------------------
