@@ -25,7 +25,6 @@ from .fileio import (
     atomic_write_text,
     content_hash,
     file_sha256,
-    read_run_metrics,
     read_run_summary,
     write_checked_json,
     write_json,
@@ -184,10 +183,6 @@ class RunDir:
         summary = {**summary, "files": files}
         write_checked_json(self.file("summary.json"), summary)
         return summary
-
-    def metrics(self) -> list[dict]:
-        """The per-epoch records; checked against the summary's checksum once the run is complete."""
-        return read_run_metrics(self.path)
 
     def saved_config(self) -> Config | None:
         p = self.file("config.yaml")
