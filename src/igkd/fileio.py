@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import CorruptFileError
+
 
 def fsync_dir(path: str | Path) -> None:
     """Make a rename in ``path`` durable (best effort: not every file system allows it)."""
@@ -119,8 +121,6 @@ def write_checked_json(path: str | Path, obj: dict, indent: int = 2) -> None:
 
 def read_checked_json(path: str | Path, fix: str) -> dict:
     """A JSON object written by :func:`write_checked_json`; a file that fails its checksum is an error."""
-    from .errors import CorruptFileError
-
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -144,8 +144,6 @@ def write_with_sidecar(path: str | Path, data: bytes) -> None:
 
 def read_with_sidecar(path: str | Path, fix: str) -> bytes:
     """The bytes of a file written by :func:`write_with_sidecar`, checked against its sha256."""
-    from .errors import CorruptFileError
-
     path = Path(path)
     sidecar = path.with_name(path.name + ".sha256")
     try:
@@ -166,8 +164,6 @@ def read_with_sidecar(path: str | Path, fix: str) -> bytes:
 
 def read_run_summary(run_dir: str | Path) -> dict:
     """``summary.json`` of a finished run, checked, with the run's files checked against its manifest."""
-    from .errors import CorruptFileError
-
     run_dir = Path(run_dir)
     fix = f"delete {run_dir} and run it again"
     summary = read_checked_json(run_dir / "summary.json", fix)
@@ -180,8 +176,6 @@ def read_run_summary(run_dir: str | Path) -> dict:
 
 def read_run_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch records of ``metrics.jsonl``; checked against the summary once the run is complete."""
-    from .errors import CorruptFileError
-
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
         read_run_summary(run_dir)
