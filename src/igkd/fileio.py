@@ -81,13 +81,19 @@ def content_hash(obj: Any) -> str:
     return h.hexdigest()
 
 
+def tensor_bytes(t) -> bytes:
+    """The raw bytes of a tensor's values, row-major, whatever its device, strides or dtype."""
+    import torch
+
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _feed(h, obj: Any) -> None:
     import torch
 
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(tensor_bytes(obj))
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)}".encode())
         for k in sorted(obj, key=repr):

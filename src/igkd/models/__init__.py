@@ -7,6 +7,7 @@ import hashlib
 import torch
 from torch import nn
 
+from ..fileio import tensor_bytes
 from .complexity import compression_factor, count_macs, count_parameters
 from .mobilenet import (
     AUTO,
@@ -64,11 +65,10 @@ def state_dict_hash(model_or_state: nn.Module | dict) -> str:
         t = state[name]
         if not isinstance(t, torch.Tensor):
             continue
-        t = t.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
