@@ -65,6 +65,13 @@ class IGConfig:
     channels_last: bool = False  # faster (1.4x more) but less exact: an option the user names
     store: str | None = None  # the store folder; None = <cache_dir>/<name from dataset, teacher, settings>
     cache_dir: str | None = None  # where named stores go; None = $IGKD_CACHE/ig (~/.cache/igkd/ig)
+    # The maps' source: igkd's integrated gradients, or a Captum source (igkd.attribution.saliency)
+    attribution: str = "integrated_gradients"  # | saliency | input_x_gradient | smoothgrad | gradcam
+    smoothgrad_samples: int = 50  # noisy copies per image (Smilkov et al. 2017: 50)
+    smoothgrad_noise: float = 0.15  # noise sd as a fraction of the input range (Smilkov et al.: 0.1-0.2)
+    smoothgrad_seed: int = 0  # each image's noise is drawn from this and its dataset position
+    gradcam_layer: str | None = None  # None = the last convolutional block (features.18 of cifar_mobilenet_v2)
+
 
 
 @dataclass
@@ -213,6 +220,7 @@ def _validate(cfg: Config) -> None:
     # Imported here: the owners of these lists import the config module themselves.
     from .attribution.identity import BASELINES
     from .attribution.ig import SUPPORTED_METHODS
+    from .attribution.saliency import ATTRIBUTIONS
     from .data.catalog import KNOWN_DATASETS
     from .distill.trainer import AMP_MODES
     from .models import (
@@ -270,6 +278,11 @@ def _validate(cfg: Config) -> None:
         ("ig.dtype", ig.dtype, ig.dtype in IG_DTYPES, _one_of(IG_DTYPES)),
         ("ig.batch_size", ig.batch_size, ig.batch_size is None or ig.batch_size >= 1, ">= 1 or null"),
         ("ig.chunk_size", ig.chunk_size, ig.chunk_size is None or ig.chunk_size >= 1, ">= 1 or null"),
+        ("ig.attribution", ig.attribution, ig.attribution in ATTRIBUTIONS, _one_of(ATTRIBUTIONS)),
+        ("ig.smoothgrad_samples", ig.smoothgrad_samples, ig.smoothgrad_samples >= 1, ">= 1"),
+        ("ig.smoothgrad_noise", ig.smoothgrad_noise, 0 < ig.smoothgrad_noise <= 1,
+         "in (0, 1]: the noise sd as a fraction of the input range"),
+        ("ig.gradcam_layer", ig.gradcam_layer, ig.gradcam_layer != "", "a module name of the teacher, or null"),
         ("augment.crop_padding", a.crop_padding, a.crop_padding >= 0, ">= 0"),
         ("augment.overlay_p", a.overlay_p, 0.0 <= a.overlay_p <= 1.0, "in [0, 1]"),
         ("augment.power_range", a.power_range,

@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .attribution import IGOptions, MapStore, PrecomputeResult, StoreIdentity, precompute_ig
+from .attribution import (
+    AttributionSource,
+    IGOptions,
+    MapStore,
+    PrecomputeResult,
+    StoreIdentity,
+    default_gradcam_layer,
+    precompute_ig,
+)
 from .config import Config, TrainConfig
 from .convention import InputConvention
 from .data import (
@@ -233,10 +241,26 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
         })
 
 
-def store_identity(cfg: Config, ds: Datasets, teacher_hash: str) -> StoreIdentity:
-    """What the run's IG store must be of: built once, it names, writes and checks the store."""
+def attribution_source(cfg: Config, ds: Datasets, teacher: torch.nn.Module | None = None) -> AttributionSource:
+    """``ig.attribution`` with its settings; Grad-CAM's layer is ``ig.gradcam_layer`` or, unset, the teacher's
+    last convolutional block (the architecture is built when ``teacher`` is not given)."""
+    ig = cfg.ig
+    if ig.attribution == "gradcam":
+        layer = ig.gradcam_layer
+        if layer is None:
+            if teacher is None:
+                teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
+            layer = default_gradcam_layer(teacher)
+        return AttributionSource.of("gradcam", layer=layer)
+    return AttributionSource.of(ig.attribution, nt_samples=ig.smoothgrad_samples, noise_level=ig.smoothgrad_noise,
+                                seed=ig.smoothgrad_seed)
+
+
+def store_identity(cfg: Config, ds: Datasets, teacher_hash: str,
+                   teacher: torch.nn.Module | None = None) -> StoreIdentity:
+    """What the run's map store must be of: built once, it names, writes and checks the store."""
     return StoreIdentity.of(ds.train, teacher_hash, ds.convention, n_steps=cfg.ig.n_steps, method=cfg.ig.method,
-                            baseline=cfg.ig.baseline)
+                            baseline=cfg.ig.baseline, attribution=attribution_source(cfg, ds, teacher))
 
 
 def store_path(cfg: Config, identity: StoreIdentity) -> Path:
@@ -260,27 +284,30 @@ def ig_options(cfg: Config, device: torch.device) -> IGOptions:
 
 def precompute(cfg: Config, rank: int | None = None, world_size: int | None = None,
                progress: bool | None = None) -> PrecomputeResult:
-    """Write (or finish) the IG map store of the configured training set and teacher."""
+    """Write (or finish) the map store (``ig.attribution``; IG by default) of the configured training set
+    and teacher."""
     device = setup_device(cfg.train.device, cfg.train.threads)
     ds = load_datasets(cfg)
     teacher, teacher_hash = load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:])
-    identity = store_identity(cfg, ds, teacher_hash)
+    identity = store_identity(cfg, ds, teacher_hash, teacher)
     return precompute_ig(teacher, ds.train, store_path(cfg, identity), identity, ig_options(cfg, device),
                          rank=rank, world_size=world_size, progress=progress)
 
 
-def open_store(cfg: Config, ds: Datasets, teacher_hash: str) -> MapStore:
-    identity = store_identity(cfg, ds, teacher_hash)
+def open_store(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module | None = None) -> MapStore:
+    identity = store_identity(cfg, ds, teacher_hash, teacher)
     path = store_path(cfg, identity)
     if not path.exists():
         raise StaleStoreError(f"no IG map store at {path}; run `igkd precompute-ig` with the same config first")
     return MapStore.open(path, expect=identity)
 
 
-def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str | None) -> torch.Tensor:
-    """The maps the overlay uses (``augment.maps``): the IG store's, or a control's (another image's, noise)."""
+def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str | None,
+                 teacher: torch.nn.Module | None = None) -> torch.Tensor:
+    """The maps the overlay uses (``augment.maps``): the store's (of ``ig.attribution``), or a control's
+    (another image's, noise)."""
     source = cfg.augment.maps
-    maps = open_store(cfg, ds, teacher_hash).load_all() if source != "noise" else None
+    maps = open_store(cfg, ds, teacher_hash, teacher).load_all() if source != "noise" else None
     n, (_c, h, w) = len(ds.train), ds.train.image_shape
     return control_maps(source, maps, (n, h, w), derive_seed(cfg.train.seed, "control maps", source))
 
@@ -305,7 +332,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
         plan = cfg.student.strides if cfg.student.strides is not None else cfg.teacher.strides
         check_fits(student, shape, ds.train.num_classes, f"student {arch.label}", arch.arch or "cifar_mobilenet_v2",
                    "student", explicit_strides=arch.kind == "scaled" and plan != "auto")
-    maps = overlay_maps(cfg, ds, teacher_hash) if uses_ig else None
+    maps = overlay_maps(cfg, ds, teacher_hash, teacher) if uses_ig else None
     at_layer, teacher_at_layer, at_pair = (at_layers(cfg, arch.kind, student, teacher, shape) if spec.at
                                            else (cfg.distill.at_layer, None, None))
     by_name = at_pair is not None and at_layer is None  # any architecture: modules by name, maps resized
@@ -326,6 +353,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
             "role": "student",
             "method": method,
             "overlay_maps": cfg.augment.maps if uses_ig else None,
+            "attribution": cfg.ig.attribution if uses_ig and cfg.augment.maps != "noise" else None,
             "remove_blocks": arch.remove_blocks,
             "student": arch.to_dict(),
             "teacher": teacher_arch(cfg, shape[1:]),

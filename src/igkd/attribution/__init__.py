@@ -1,4 +1,4 @@
-"""Batched integrated gradients and the index-aligned, memory-mapped IG map store."""
+"""Batched integrated gradients, Captum's saliency sources, and the index-aligned, memory-mapped map store."""
 
 from .identity import BASELINES, StoreIdentity, baseline_spec
 from .ig import (
@@ -13,9 +13,12 @@ from .ig import (
     tune_cpu_allocator,
 )
 from .precompute import IGOptions, PrecomputeResult, baseline_tensor, precompute_ig
+from .saliency import ATTRIBUTIONS, AttributionSource, attribution_maps, default_gradcam_layer
 from .store import MapStore, StoreWriter, finalize_store
 
 __all__ = [
+    "ATTRIBUTIONS",
+    "AttributionSource",
     "BASELINES",
     "SUPPORTED_METHODS",
     "IGOptions",
@@ -25,8 +28,10 @@ __all__ = [
     "StoreIdentity",
     "StoreWriter",
     "attribution_map",
+    "attribution_maps",
     "baseline_spec",
     "baseline_tensor",
+    "default_gradcam_layer",
     "default_internal_batch_size",
     "finalize_store",
     "fold_batchnorm",

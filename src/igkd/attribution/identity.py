@@ -1,8 +1,10 @@
 """What an IG map store is *of*: one object that names its folder, fills its metadata and checks it.
 
 A store is valid for a run exactly when the run's :class:`StoreIdentity` equals the one recorded in
-the store: same dataset (by fingerprint), same teacher weights (by hash), same IG settings (steps,
-quadrature, baseline) and same input convention. Built once per run, never re-assembled elsewhere.
+the store: same dataset (by fingerprint), same teacher weights (by hash), same attribution source
+(integrated gradients, or a Captum source with its settings: :mod:`igkd.attribution.saliency`), same
+IG settings (steps, quadrature, baseline; integrated gradients only) and same input convention. Built
+once per run, never re-assembled elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
 from ..errors import ConfigError, StaleStoreError
 from .ig import SUPPORTED_METHODS, quadrature
+from .saliency import AttributionSource
 
 BASELINES: dict[str, dict[str, str]] = {
     "zeros-normalized": {
@@ -46,6 +49,7 @@ class StoreIdentity:
     n_steps: int = 50
     method: str = "gausslegendre"
     baseline: str = "zeros-normalized"
+    attribution: AttributionSource = AttributionSource()  # integrated gradients (n_steps, method, baseline)
 
     def __post_init__(self) -> None:
         if self.method not in SUPPORTED_METHODS:
@@ -58,25 +62,44 @@ class StoreIdentity:
 
     @classmethod
     def of(cls, dataset: ImageDataset, teacher_hash: str, convention: InputConvention, *, n_steps: int = 50,
-           method: str = "gausslegendre", baseline: str = "zeros-normalized") -> StoreIdentity:
-        return cls(dataset.name, dataset.fingerprint(), teacher_hash, convention, n_steps, method, baseline)
+           method: str = "gausslegendre", baseline: str = "zeros-normalized",
+           attribution: AttributionSource | None = None) -> StoreIdentity:
+        return cls(dataset.name, dataset.fingerprint(), teacher_hash, convention, n_steps, method, baseline,
+                   attribution or AttributionSource())
 
     def folder_name(self) -> str:
-        """A folder name that says which dataset, teacher and settings made the store."""
-        return (f"{self.dataset}-{self.fingerprint[:10]}-t{self.teacher_hash[:10]}-"
-                f"{self.method}{self.n_steps}-{self.baseline}")
+        """A folder name that says which dataset, teacher, source and settings made the store."""
+        head = f"{self.dataset}-{self.fingerprint[:10]}-t{self.teacher_hash[:10]}-"
+        if not self.attribution.is_ig:
+            return head + self.attribution.tag()
+        return head + f"{self.method}{self.n_steps}-{self.baseline}"
 
     def to_meta(self) -> dict[str, Any]:
-        """The identity as it is recorded in a store's ``meta.json``."""
-        return {"dataset": self.dataset, "fingerprint": self.fingerprint, "teacher_hash": self.teacher_hash,
-                "n_steps": self.n_steps, "method": self.method, "baseline": baseline_spec(self.baseline),
-                "convention": self.convention.to_dict()}
+        """The identity as it is recorded in a store's ``meta.json``: steps, quadrature and baseline only
+        for integrated gradients (the other sources have none)."""
+        meta: dict[str, Any] = {"attribution": self.attribution.to_meta(self.convention), "dataset": self.dataset,
+                                "fingerprint": self.fingerprint, "teacher_hash": self.teacher_hash}
+        if self.attribution.is_ig:
+            meta.update(n_steps=self.n_steps, method=self.method, baseline=baseline_spec(self.baseline))
+        meta["convention"] = self.convention.to_dict()
+        return meta
 
     def mismatches(self, meta: Mapping[str, Any]) -> list[str]:
         """Human-readable differences between a store's recorded identity and this one."""
-        out = []
-        for key, want in self.to_meta().items():
+        out: list[str] = []
+        other_source = False
+        for key, want in self.to_meta().items():  # the attribution first
             have = meta.get(key)
+            if key == "attribution":  # a store made before other sources existed holds IG maps
+                have = dict(have) if isinstance(have, Mapping) else AttributionSource().to_meta(self.convention)
+                have.pop("definition", None)  # words, not settings
+                want = {k: v for k, v in want.items() if k != "definition"}
+                if have.get("name") != want["name"]:  # another source: its settings are beside the point
+                    out.append(f"attribution {_short(have.get('name'))} != expected {want['name']}")
+                    other_source = True
+                    continue
+            if other_source and key in ("n_steps", "method", "baseline"):
+                continue
             if key == "baseline":
                 have, want = (have or {}).get("name") if isinstance(have, Mapping) else have, want["name"]
             if _canonical(have) == _canonical(want):
@@ -92,7 +115,8 @@ class StoreIdentity:
     def check(self, meta: Mapping[str, Any], path: object) -> None:
         diff = self.mismatches(meta)
         if diff:
-            raise StaleStoreError(f"IG map store {path} is stale ({'; '.join(diff)}): {FIX}")
+            what = "IG" if self.attribution.is_ig else self.attribution.name
+            raise StaleStoreError(f"{what} map store {path} is stale ({'; '.join(diff)}): {FIX}")
 
 
 def _canonical(value: Any) -> Any:

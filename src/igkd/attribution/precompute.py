@@ -41,6 +41,7 @@ from .ig import (
     prepare_for_ig,
     tune_cpu_allocator,
 )
+from .saliency import attribution_maps, check_gradcam_layer
 from .store import (
     DTYPES,
     FORMAT,
@@ -190,10 +191,13 @@ def precompute_ig(
     finalize: bool = True,
     on_chunk_done: Callable[[int], None] | None = None,
 ) -> PrecomputeResult:
-    """Write (or finish) the IG maps of ``dataset`` for ``model`` into the store at ``store_dir``.
+    """Write (or finish) the attribution maps of ``dataset`` for ``model`` into the store at ``store_dir``.
 
-    ``identity`` says what the maps are: targets are the true labels, inputs are
-    ``identity.convention.from_uint8(dataset.x)``, and steps, quadrature and baseline are its own.
+    Named for integrated gradients, the default; it computes whichever source ``identity.attribution``
+    names (IG, or a Captum source of :mod:`igkd.attribution.saliency`) through the same chunks, records,
+    checks and finalisation. ``identity`` says what the maps are: targets are the true labels, inputs are
+    ``identity.convention.from_uint8(dataset.x)``, and the source's settings (IG: steps, quadrature and
+    baseline) are its own.
     ``options`` says how they are computed (:class:`IGOptions`). ``rank``/``world_size`` (default:
     ``RANK``/``WORLD_SIZE`` from the environment, else 0/1) split the chunks.
 
@@ -207,6 +211,8 @@ def precompute_ig(
     device = resolve_device(options.device)
     if options.autocast and device.type != "cuda":
         raise ConfigError("IG autocast is a CUDA-only option")
+    if options.autocast and not identity.attribution.is_ig:
+        raise ConfigError(f"IG autocast applies to integrated gradients only, not to {identity.attribution.name}")
     if dataset.fingerprint() != identity.fingerprint:
         raise StaleStoreError("the dataset given to precompute_ig is not the one the store identity names")
     path = Path(store_dir)
@@ -232,6 +238,8 @@ def precompute_ig(
     c_, h, w = dataset.image_shape
     prepared = prepare_for_ig(model, fold_bn=o.fold_bn, channels_last=o.channels_last, device=device)
     compute = _compute_settings(prepared, (c_, h, w), device, o)
+    if identity.attribution.name == "gradcam":  # a layer without a feature map is refused before any work
+        check_gradcam_layer(prepared.module, identity.attribution.layer, (c_, h, w))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -264,7 +272,8 @@ def precompute_ig(
         s, e = writer.bounds(c)
         return e - s
 
-    desc = "IG maps" if world_size == 1 else f"IG maps rank {rank}/{world_size}"
+    desc = f"{'IG' if identity.attribution.is_ig else identity.attribution.name} maps"
+    desc += "" if world_size == 1 else f" rank {rank}/{world_size}"
     bar = progress_bar(total=sum(size(c) for c in mine), initial=sum(size(c) for c in result.skipped),
                        unit="img", desc=desc, smoothing=0.1, enabled=progress)
     # One process per rank: a second one (same rank, same store) is refused; a killed one's lock is taken over.
@@ -311,10 +320,17 @@ def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: Sto
         b = min(e, a + compute["batch_size"])
         x = identity.convention.from_uint8(dataset.x[a:b].to(device))
         y = dataset.y[a:b].to(device)
-        res = integrated_gradients_detailed(prepared, x, y, base, n_steps, identity.method,
-                                            compute["internal_batch_size"], True, autocast=o.autocast,
-                                            progress_callback=advance)
-        m = attribution_map(res.attributions).float().cpu().numpy()
+        if identity.attribution.is_ig:
+            res = integrated_gradients_detailed(prepared, x, y, base, n_steps, identity.method,
+                                                compute["internal_batch_size"], True, autocast=o.autocast,
+                                                progress_callback=advance)
+            m = attribution_map(res.attributions).float().cpu().numpy()
+        else:  # a Captum source: no convergence delta (only a path integral has one)
+            res = None
+            m = attribution_maps(identity.attribution, prepared.module, x, y, convention=identity.convention,
+                                 positions=list(range(a, b)),
+                                 internal_batch_size=compute["internal_batch_size"]).float().cpu().numpy()
+            bar.update(b - a)
         if not np.isfinite(m).all():
             raise NumericalError(f"IG maps of images {a}..{b - 1} hold inf or NaN: check the teacher's weights")
         if np_dtype is np.float16 and m.max(initial=0.0) > FLOAT16_MAX:
@@ -323,11 +339,14 @@ def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: Sto
         stored = m.astype(np_dtype)
         flushed += int(np.count_nonzero((m > 0) & (stored == 0)))  # float16 underflow, recorded
         out[a - s:b - s] = stored
+        if res is None:
+            continue
         d = res.delta.detach().double().abs().cpu()
         abs_d += d.tolist()
         scale = res.outputs.detach().double().abs().cpu() + res.baseline_outputs.detach().double().abs().cpu()
         scaled += (d / scale.clamp_min(1e-30)).tolist()
-    return out, {"abs": abs_d, "scaled": scaled, "flushed_to_zero": flushed}
+    stats = {"abs": abs_d, "scaled": scaled} if identity.attribution.is_ig else {}
+    return out, {**stats, "flushed_to_zero": flushed}
 
 
 __all__ = ["IGOptions", "PrecomputeResult", "baseline_tensor", "finalize_store", "precompute_ig",

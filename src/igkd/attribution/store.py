@@ -378,12 +378,15 @@ def refuse_other_settings(path: Path, diff: list[str]) -> None:
                               "choose another store folder, or delete this one to recompute it")
 
 
-def delta_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+def delta_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Percentiles of |delta| and of |delta| / (|F(x)| + |F(b)|) over every image of the store.
 
     The scaled form stays finite and meaningful for images whose logit barely moves from the
-    baseline's, which make ``|delta| / |F(x) - F(b)|`` (and any mean of it) explode.
+    baseline's, which make ``|delta| / |F(x) - F(b)|`` (and any mean of it) explode. None for a
+    store of a source without a convergence delta (its records hold none: saliency, Grad-CAM, ...).
     """
+    if not any("abs" in r["delta"] for r in records):
+        return None
     abs_d = np.concatenate([np.asarray(r["delta"]["abs"], dtype=np.float64) for r in records])
     scaled = np.concatenate([np.asarray(r["delta"]["scaled"], dtype=np.float64) for r in records])
 

@@ -4,7 +4,8 @@ A study directory holds::
 
     study.json      the plan (methods, runs, depths, design, seed) and the resolved config
     teacher/        the teacher run (unless ``teacher.checkpoint`` names one)
-    ig/             the IG map store of the training set (when a method uses the overlay)
+    ig/             the IG map store of the training set (when a method uses the overlay), and one store
+                    per other attribution source an arm names (``kd_ig+gradcam_maps``, ...)
     gallery.npz     a few training images with their IG maps and overlays, for the report
     runs/<arm>-k<k>-r<i>/   one ordinary run directory per job
     results.csv     one row per finished run, rewritten (atomically) as each run finishes
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..attribution import MapStore
+from ..attribution import ATTRIBUTIONS, MapStore
 from ..config import METHODS, Config, config_from_dict
 from ..data.augment import blend, normalize_maps
 from ..distill.methods import MethodSpec
@@ -62,6 +63,8 @@ from .results import read_results, read_study
 PAPER_DEPTHS = (3, 5, 7, 9, 11, 13, 15, 17)
 # Controls: "<method>+<control>" runs the method with the overlay's maps replaced.
 CONTROLS = {"unrelated_maps": "unrelated", "noise_maps": "noise"}
+# Sources: "<method>+<source>_maps" runs the method with the overlay's maps from that attribution source.
+SOURCES = {f"{name}_maps": name for name in ATTRIBUTIONS}
 COLUMNS = ("study", "method", "remove_blocks", "run", "seed", "train_images", "test_images", "params", "macs",
            "compression_factor", "teacher_test_acc", "test_acc_last", "test_acc_at_best_val", "best_epoch",
            "epochs", "train_time_s", "wall_time_s", "run_dir")
@@ -69,11 +72,13 @@ COLUMNS = ("study", "method", "remove_blocks", "run", "seed", "train_images", "t
 
 @dataclass(frozen=True)
 class Arm:
-    """One compared variant: a method, and which maps its overlay uses (IG, or a control)."""
+    """One compared variant: a method, and which maps its overlay uses (the store's, or a control), from
+    which attribution source (None: the config's ``ig.attribution``)."""
 
     name: str
     method: str
     maps: str = "ig"
+    attribution: str | None = None
 
     @classmethod
     def parse(cls, name: str) -> Arm:
@@ -82,10 +87,12 @@ class Arm:
             raise ConfigError(f"unknown method {method!r} in {name!r}; known: {', '.join(METHODS)}")
         if not control:
             return cls(name, method)
-        if control not in CONTROLS:
-            raise ConfigError(f"unknown control {control!r} in {name!r}; known: {', '.join(CONTROLS)}")
+        if control not in CONTROLS and control not in SOURCES:
+            raise ConfigError(f"unknown control {control!r} in {name!r}; known: {', '.join([*CONTROLS, *SOURCES])}")
         if not MethodSpec.parse(method).ig:
             raise ConfigError(f"{name!r}: a map control needs a method with the IG overlay (ig, kd_ig, ...)")
+        if control in SOURCES:
+            return cls(name, method, attribution=SOURCES[control])
         return cls(name, method, CONTROLS[control])
 
 
@@ -141,6 +148,8 @@ class Job:
         cfg = copy.deepcopy(base)
         cfg.distill.method = self.arm.method
         cfg.augment.maps = self.arm.maps
+        if self.arm.attribution is not None:
+            cfg.ig.attribution = self.arm.attribution
         cfg.student.remove_blocks = self.remove_blocks
         cfg.train.seed = self.seed
         return cfg
@@ -183,11 +192,18 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
         cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
     if not cfg.ig.store and not cfg.ig.cache_dir:
         cfg.ig.cache_dir = str(out / "ig")
-    if any(MethodSpec.parse(a.method).ig and a.maps != "noise" for a in plan.arms):
-        result = precompute(cfg, progress=progress)
-        print(f"IG maps: {result.path}", flush=True)
-        if not (out / "gallery.npz").exists() and result.store is not None:
-            write_gallery(cfg, result.store, out / "gallery.npz")
+    sources = list(dict.fromkeys(a.attribution or cfg.ig.attribution for a in plan.arms
+                                 if MethodSpec.parse(a.method).ig and a.maps != "noise"))
+    if cfg.ig.store and len(sources) > 1:
+        raise ConfigError(f"ig.store names one folder but the arms use {len(sources)} attribution sources "
+                          f"({', '.join(sources)}): unset ig.store (each source's store goes to ig.cache_dir)")
+    for source in sources:  # each store once, before any run
+        source_cfg = copy.deepcopy(cfg)
+        source_cfg.ig.attribution = source
+        result = precompute(source_cfg, progress=progress)
+        print(f"{'IG' if source == 'integrated_gradients' else source} maps: {result.path}", flush=True)
+        if not (out / "gallery.npz").exists() and result.store is not None:  # the first source's maps
+            write_gallery(source_cfg, result.store, out / "gallery.npz")
 
     jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
             for k in plan.remove_blocks for i in range(plan.runs) for arm in plan.arms]
@@ -333,5 +349,5 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["CONTROLS", "PAPER_DEPTHS", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
+__all__ = ["CONTROLS", "PAPER_DEPTHS", "SOURCES", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
            "read_study", "run_job", "run_study", "write_gallery", "write_results"]
