@@ -73,7 +73,6 @@ class IGConfig:
     gradcam_layer: str | None = None  # None = the last convolutional block (features.18 of cifar_mobilenet_v2)
 
 
-
 @dataclass
 class AugmentConfig:
     crop_padding: int = 4
