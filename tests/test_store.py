@@ -155,19 +155,53 @@ def test_incomplete_store_is_refused(tmp_path):
     MapStore.open(tmp_path / "s")
 
 
-def test_maps_beyond_float16_need_and_keep_float32(tmp_path):
+@pytest.mark.parametrize("logit_scale", [1e-6, 1e7])
+def test_float16_keeps_every_map_whatever_the_teachers_scale(tmp_path, logit_scale):
+    """Logits scaled by 1e-6 give maps far below float16's smallest normal (6e-5), by 1e7 far above its
+    largest (65504): each map is stored divided by its maximum, so its shape survives, and its scale
+    is kept exactly."""
     from igkd.data.augment import augment_batch
 
     ds, model = dataset(n=6), linear_model()
     with torch.no_grad():
-        model[1].weight.mul_(1e7)  # maps far above float16's 65504
-    with pytest.raises(NumericalError, match="float16 range.*ig.dtype=float32"):
-        run_precompute(model, ds, CONV, tmp_path / "h", teacher_hash="a", n_steps=8)
-    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, dtype="float32")
-    maps = res.store.load_all()
-    assert maps.dtype == torch.float32 and maps.max() > 65504 and torch.isfinite(maps).all()
-    x = augment_batch(ds.x.float() / 255, maps, torch.Generator().manual_seed(0), 1, True, overlay_p=1.0)
+        model[1].weight.mul_(logit_scale)
+        model[1].bias.mul_(logit_scale)
+    pos = torch.arange(6)
+    truth = known_map(model, ds, pos, "zeros-normalized").double()
+    res = run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8, chunk_size=4)
+    store = res.store
+    unit = store.load_all()
+    assert unit.dtype == torch.float16
+    assert torch.allclose(unit.float().amax((1, 2)), torch.ones(6))  # each map peaks at exactly 1
+    peak = truth.amax((1, 2))
+    np.testing.assert_allclose(store.scales, peak.numpy(), rtol=1e-5)
+    err = ((unit.double() - truth / peak[:, None, None]).flatten(1).norm(dim=1)
+           / (truth / peak[:, None, None]).flatten(1).norm(dim=1))
+    assert err.max() < 2e-3  # float16's relative precision, not an underflow (which gives 1.0)
+    assert torch.allclose(store.get(pos).double(), truth, rtol=2e-3, atol=0)
+    assert store.meta["storage"]["values_flushed_to_zero"] == 0
+    x = augment_batch(ds.x.float() / 255, unit, torch.Generator().manual_seed(0), 1, True, overlay_p=1.0)
     assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def test_an_all_zero_map_is_refused_in_one_line(tmp_path):
+    ds, model = dataset(n=6), linear_model()
+    with torch.no_grad():
+        model[1].weight[1].zero_()  # class 1's logit does not depend on the image: its maps are all zero
+    assert (ds.y == 1).any()
+    with pytest.raises(NumericalError, match=r"all zero .*teacher") as e:
+        run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8)
+    assert "\n" not in str(e.value)
+    with pytest.raises(StaleStoreError, match="incomplete"):
+        MapStore.open(tmp_path / "s")  # nothing that looks complete
+
+
+def test_scales_file_is_checked(tmp_path):
+    ds, model = dataset(n=6), linear_model()
+    run_precompute(model, ds, CONV, tmp_path / "s", teacher_hash="a", n_steps=8)
+    np.save(tmp_path / "s" / "scales.npy", np.ones(6))
+    with pytest.raises(StaleStoreError, match="scales.npy does not match"):
+        MapStore.open(tmp_path / "s").get([0])
 
 
 def test_non_finite_maps_are_refused_at_write_and_load(tmp_path):

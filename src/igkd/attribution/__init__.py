@@ -1,12 +1,12 @@
 """Batched integrated gradients, Captum's saliency sources, and the index-aligned, memory-mapped map store."""
 
+from ..models.inference import fold_batchnorm
 from .identity import BASELINES, StoreIdentity, baseline_spec
 from .ig import (
     SUPPORTED_METHODS,
     PreparedModel,
     attribution_map,
     default_internal_batch_size,
-    fold_batchnorm,
     integrated_gradients,
     prepare_for_ig,
     quadrature,

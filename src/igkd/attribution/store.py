@@ -2,7 +2,9 @@
 
 A store is a directory::
 
-    maps.npy        (N, H, W) float16 or float32; maps[i] is the map of dataset position i
+    maps.npy        (N, H, W) float16 or float32; maps[i] is the map of dataset position i divided by
+                    its own maximum, so it lies in [0, 1] and float16 keeps its shape at any scale
+    scales.npy      (N,) float64, written at finalisation: the maxima, so maps[i] * scales[i] is the map
     meta.json       what made it (the :class:`~igkd.attribution.identity.StoreIdentity`: dataset
                     fingerprint, teacher hash, IG settings, input convention), the chunk layout, the
                     compute settings, and, once finalised, ``complete: true``, the sha256 of the maps
@@ -19,6 +21,7 @@ complete but is not. A store is usable only when ``meta.json`` says ``complete``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -32,11 +35,11 @@ import numpy as np
 import torch
 
 from ..errors import NumericalError, StaleStoreError
-from ..fileio import fsync_dir, write_json
+from ..fileio import atomic_write_bytes, fsync_dir, write_json
 from .identity import FIX, StoreIdentity
 
 FORMAT = "igkd-map-store"
-VERSION = 2
+VERSION = 3  # 3: maps stored divided by their maxima, scales.npy
 DTYPES = {"float16": np.float16, "float32": np.float32}
 PERCENTILES = (50, 90, 99)
 
@@ -118,6 +121,7 @@ class MapStore:
         self.path = Path(path)
         self.meta = meta
         self._maps: np.memmap | None = None
+        self._scales: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: StoreIdentity | None = None) -> MapStore:
@@ -149,7 +153,7 @@ class MapStore:
         return self._maps
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "meta": self.meta, "_maps": None}
+        return {"path": self.path, "meta": self.meta, "_maps": None, "_scales": None}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -162,21 +166,38 @@ class MapStore:
     def __len__(self) -> int:
         return int(self.meta["shape"][0])
 
+    @property
+    def scales(self) -> np.ndarray:
+        """(N,) float64: each map's maximum, by which its stored values were divided."""
+        if self._scales is None:
+            try:
+                self._scales = np.load(self.path / "scales.npy")
+            except (OSError, ValueError, EOFError) as e:
+                raise StaleStoreError(f"IG map store {self.path}: scales.npy is unreadable ({type(e).__name__}): "
+                                      f"delete the folder and {FIX}") from None
+            if self._scales.shape != (len(self),) or _maps_sha256(self._scales) != self.meta.get("scales_sha256"):
+                raise StaleStoreError(f"IG map store {self.path}: scales.npy does not match the sha256 recorded "
+                                      f"when it was finalised (changed or corrupted on disk): delete it and {FIX}")
+        return self._scales
+
     def get(self, positions: torch.Tensor | np.ndarray | list[int],
             device: torch.device | str | None = None) -> torch.Tensor:
-        """Maps of the given dataset positions as float32, shape (B, H, W), in the order given."""
+        """Maps of the given dataset positions at their own scale (stored map x scale) as float32,
+        shape (B, H, W), in the order given."""
         idx = torch.as_tensor(positions).detach().to("cpu", torch.int64).numpy().reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"positions must be in [0, {n}), got min {idx.min()} max {idx.max()}")
-        out = torch.from_numpy(np.asarray(self.maps[idx], dtype=np.float32))
+        maps = np.asarray(self.maps[idx], dtype=np.float64) * self.scales[idx, None, None]
+        out = torch.from_numpy(maps.astype(np.float32))
         return out if device is None else out.to(device)
 
     def load_all(self) -> torch.Tensor:
-        """All maps in memory, (N, H, W), in the store's own dtype, checked against the recorded sha256.
+        """All maps in memory, (N, H, W), in the store's own dtype, each divided by its own maximum
+        (what the overlay needs: it min-max normalises every map; :attr:`scales` has the maxima).
 
-        A file changed after finalisation (truncated, bit-flipped, rewritten) or holding a non-finite
-        value is refused, never used.
+        Checked against the recorded sha256: a file changed after finalisation (truncated,
+        bit-flipped, rewritten) or holding a non-finite value is refused, never used.
         """
         maps = np.array(self.maps)
         recorded = self.meta.get("maps_sha256")
@@ -358,6 +379,14 @@ class StoreWriter:
         meta["maps_sha256"] = _maps_sha256(maps)
         maps_size = int(maps.size)
         del maps
+        scales = np.concatenate([np.asarray(r["scales"], dtype=np.float64) for r in records])
+        if scales.shape != (meta["shape"][0],):
+            raise StaleStoreError(f"cannot finalise {path}: the chunk records hold {scales.size} map scales for "
+                                  f"{meta['shape'][0]} maps: delete the folder and rerun `igkd precompute-ig`")
+        buf = io.BytesIO()
+        np.save(buf, scales)
+        atomic_write_bytes(path / "scales.npy", buf.getvalue())
+        meta["scales_sha256"] = _maps_sha256(scales)
 
         meta["delta"] = delta_summary(records)
         flushed = sum(r["delta"].get("flushed_to_zero", 0) for r in records)
