@@ -112,6 +112,27 @@ def cmd_sweep(args) -> None:
     _study(args, "sweep", parse_depths(args.remove_blocks))
 
 
+def cmd_tune(args) -> None:
+    from .experiments.report import write_report
+    from .experiments.results import value_text
+    from .experiments.tune import SearchSpace, TunePlan, run_tune
+
+    cfg = _config(args)
+    plan = TunePlan(args.method, SearchSpace.parse(args.space, cfg), sampler=args.sampler, trials=args.trials,
+                    seed=args.seed, storage=args.storage)
+    result = run_tune(cfg, plan, args.out, workers=args.workers, threads_per_run=args.threads_per_run,
+                      address=args.address)
+    html, md = write_report(args.out)
+    best = result.best
+    if best is None:
+        print(f"{result.finished} of {result.target} trials finished, none with a result; report: {html} and {md}")
+        return
+    chosen = ", ".join(f"{k}={value_text(v)}" for k, v in best["values"].items())
+    print(f"{result.finished} of {result.target} trials finished; best: trial {best['number']} ({chosen}), "
+          f"validation accuracy {best['val_acc']:.2f} %; config in {Path(args.out) / 'best.yaml'}; "
+          f"trials in {Path(args.out) / 'trials.csv'}; report: {html} and {md}")
+
+
 def cmd_report(args) -> None:
     from .experiments.report import write_report
 
@@ -233,8 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--remove-blocks", type=int, default=None, help="the student's k (default: config)")
             p.set_defaults(func=cmd_montecarlo)
 
-    p = sub.add_parser("report", help="report.html and report.md of a study directory, from its result files")
-    p.add_argument("dir", help="a study directory (montecarlo or sweep)")
+    p = sub.add_parser("tune", help="a hyperparameter search on Optuna (grid or TPE), each trial a run chosen on "
+                       "validation accuracy; writes best.yaml, trials.csv and a report")
+    _add_config_args(p)
+    p.add_argument("--method", "-m", required=True, help="student, kd, ig, at, kd_ig, kd_at, ig_at or kd_ig_at")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=v1,v2,...",
+                   help="values of a config key to search, e.g. --space distill.alpha=0.005,0.01,0.05 (repeatable)")
+    p.add_argument("--sampler", default="grid", choices=("grid", "tpe"),
+                   help="grid: every combination (default); tpe: Optuna's TPE over the listed values")
+    p.add_argument("--trials", type=int, default=None, help="finished trials to reach (grid: default the grid's "
+                   "size; tpe: required)")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (trials all train with train.seed)")
+    p.add_argument("--out", "-o", required=True, help="search directory (rerun the command to resume)")
+    p.add_argument("--storage", help="an Optuna RDB URL shared by several machines (default: DIR/optuna.db)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel trials on a local Ray instance (default: as many as the CPUs allow); "
+                   "1 runs them one by one in this process, without Ray")
+    p.add_argument("--threads-per-run", type=int, default=None, help="CPU threads of each trial (Ray: 1)")
+    p.add_argument("--address", help="a Ray cluster's address (data and --out on a shared file system)")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="report.html and report.md of a study or search directory, from its "
+                       "result files")
+    p.add_argument("dir", help="a study directory (montecarlo or sweep) or a search directory (tune)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="parameters, MACs, size and measured latency (median, p10, p90; batch 1 "

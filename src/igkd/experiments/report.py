@@ -1,4 +1,5 @@
-"""Render a study directory into ``report.html`` (self-contained) and ``report.md``.
+"""Render a study directory into ``report.html`` (self-contained) and ``report.md`` (a search directory's
+sections are in :mod:`.tune_report`).
 
 The report reads result files only: ``study.json``, ``results.csv``, each run's ``metrics.jsonl``
 and, when present, ``gallery.npz`` and ``bench.json``. It never trains and never imports torch.
@@ -632,11 +633,17 @@ def build_sections(study: Study) -> list[Section]:
 
 
 def write_report(study_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` (plus ``report_files/``) into ``study_dir``."""
-    study = load_study(study_dir)
-    sections = build_sections(study)
-    title = f"igkd study report: {study.dir.resolve().name}"
-    html_path, md_path = study.dir / "report.html", study.dir / "report.md"
+    """Write ``report.html`` and ``report.md`` (plus ``report_files/``) into a study directory or a search
+    directory (``igkd tune``: one with ``tune.json``)."""
+    folder = Path(study_dir)
+    if (folder / "tune.json").is_file():
+        from .tune_report import tune_sections
+
+        sections, title = tune_sections(folder), f"igkd search report: {folder.resolve().name}"
+    else:
+        study = load_study(folder)
+        sections, title = build_sections(study), f"igkd study report: {study.dir.resolve().name}"
+    html_path, md_path = folder / "report.html", folder / "report.md"
     html_path.write_text(to_html(title, sections), encoding="utf-8")
-    md_path.write_text(to_markdown(title, sections, study.dir / FILES_DIR), encoding="utf-8")
+    md_path.write_text(to_markdown(title, sections, folder / FILES_DIR), encoding="utf-8")
     return html_path, md_path

@@ -1,9 +1,11 @@
-"""Reading a study's result files, checked against their checksums (no torch: the report uses this)."""
+"""Reading the result files of a study or a search, checked against their checksums (no torch: the report
+uses this)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from ..errors import ConfigError, CorruptFileError
@@ -26,3 +28,28 @@ def read_study(out: str | Path) -> dict:
     """``study.json``, checked against its checksum ({} when there is none)."""
     path = Path(out) / "study.json"
     return read_checked_json(path, f"move {out} aside and run the study again") if path.is_file() else {}
+
+
+def value_text(value) -> str:
+    """How a searched config value is written in ``trials.csv`` and shown in the report: a string as it
+    is, anything else as JSON (``0.01``, ``2.0``, ``[2, 2, 2, 2, 1]``, ``null``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def read_tune(out: str | Path) -> tuple[dict, list[dict]]:
+    """A search's ``tune.json`` and the rows of its ``trials.csv`` (as text), each checked against its
+    checksum."""
+    out = Path(out)
+    path = out / "tune.json"
+    if not path.is_file():
+        raise ConfigError(f"no tune.json in {out}: run `igkd tune` there first")
+    meta = read_checked_json(path, f"move {out} aside and run the search again")
+    trials = out / "trials.csv"
+    if not trials.is_file():
+        return meta, []
+    data = read_with_sidecar(trials, "rerun the search's command to rebuild it from its Optuna storage")
+    try:
+        return meta, list(csv.DictReader(io.StringIO(data.decode())))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CorruptFileError(f"{trials} is not a CSV file ({type(e).__name__}); rerun the search's "
+                               "command") from None

@@ -28,9 +28,11 @@ import copy
 import csv
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,23 +189,7 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
     cfg.train.subset_fraction = plan.train_fraction
     _claim(out, cfg, plan)
 
-    if cfg.teacher.checkpoint is None:
-        run_or_reuse(out / "teacher", teacher_config(cfg), train_teacher, "teacher", progress=progress)
-        cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
-    if not cfg.ig.store and not cfg.ig.cache_dir:
-        cfg.ig.cache_dir = str(out / "ig")
-    sources = list(dict.fromkeys(a.attribution or cfg.ig.attribution for a in plan.arms
-                                 if MethodSpec.parse(a.method).ig and a.maps != "noise"))
-    if cfg.ig.store and len(sources) > 1:
-        raise ConfigError(f"ig.store names one folder but the arms use {len(sources)} attribution sources "
-                          f"({', '.join(sources)}): unset ig.store (each source's store goes to ig.cache_dir)")
-    for source in sources:  # each store once, before any run
-        source_cfg = copy.deepcopy(cfg)
-        source_cfg.ig.attribution = source
-        result = precompute(source_cfg, progress=progress)
-        print(f"{'IG' if source == 'integrated_gradients' else source} maps: {result.path}", flush=True)
-        if not (out / "gallery.npz").exists() and result.store is not None:  # the first source's maps
-            write_gallery(source_cfg, result.store, out / "gallery.npz")
+    cfg = prepare_shared(cfg, out, plan.arms, progress)
 
     jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
             for k in plan.remove_blocks for i in range(plan.runs) for arm in plan.arms]
@@ -227,6 +213,32 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
     return write_results(out, jobs)
 
 
+def prepare_shared(cfg: Config, out: Path, arms: Iterable[Arm], progress: bool | None = None) -> Config:
+    """What every run in ``out`` (a study's, a search's) shares, made once before any run: the teacher,
+    trained in ``out/teacher`` (or reused) unless ``teacher.checkpoint`` names one, and the map stores the
+    ``arms`` overlay, in ``out/ig`` unless ``ig.store`` or ``ig.cache_dir`` say where, with the report's
+    gallery. Returns a copy of ``cfg`` that points at them."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.teacher.checkpoint is None:
+        run_or_reuse(out / "teacher", teacher_config(cfg), train_teacher, "teacher", progress=progress)
+        cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
+    if not cfg.ig.store and not cfg.ig.cache_dir:
+        cfg.ig.cache_dir = str(out / "ig")
+    sources = list(dict.fromkeys(a.attribution or cfg.ig.attribution for a in arms
+                                 if MethodSpec.parse(a.method).ig and a.maps != "noise"))
+    if cfg.ig.store and len(sources) > 1:
+        raise ConfigError(f"ig.store names one folder but the arms use {len(sources)} attribution sources "
+                          f"({', '.join(sources)}): unset ig.store (each source's store goes to ig.cache_dir)")
+    for source in sources:  # each store once, before any run
+        source_cfg = copy.deepcopy(cfg)
+        source_cfg.ig.attribution = source
+        result = precompute(source_cfg, progress=progress)
+        print(f"{'IG' if source == 'integrated_gradients' else source} maps: {result.path}", flush=True)
+        if not (out / "gallery.npz").exists() and result.store is not None:  # the first source's maps
+            write_gallery(source_cfg, result.store, out / "gallery.npz")
+    return cfg
+
+
 def run_job(cfg_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     """One run of a study, in whatever process executes it: resumes from its checkpoint if begun."""
     if threads:
@@ -242,10 +254,28 @@ def run_job(cfg_dict: dict, run_dir: str, threads: int | None = None) -> dict:
 
 def _run_on_ray(cfg: Config, out: Path, todo: list[Job], workers: int | None, threads_per_run: int | None,
                 address: str | None, finished: Callable[[Job, dict], None]) -> None:
+    import ray
+
+    with ray_session(workers, threads_per_run, address) as (task, threads, _slots):
+        pending = {task.remote(j.config(cfg).to_dict(), str((out / j.run_dir).resolve()), threads): j
+                   for j in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                finished(job, ray_result(ref, job.run_dir))
+
+
+@contextmanager
+def ray_session(workers: int | None, threads_per_run: int | None,
+                address: str | None) -> Iterator[tuple[Any, int, int]]:
+    """Ray for the block: a local instance of ``workers`` x ``threads_per_run`` CPUs (default: the
+    machine's) or the cluster at ``address``. Yields ``(task, threads, slots)``: :func:`run_job` as a
+    remote task of ``threads`` CPUs (``threads_per_run``, default 1) and how many of them run at once."""
     try:
         import ray
     except ImportError:
-        raise ConfigError("studies with --workers other than 1 run on Ray: pip install 'ray>=2' "
+        raise ConfigError("parallel runs (--workers other than 1) run on Ray: pip install 'ray>=2' "
                           "(or pass --workers 1)") from None
     threads = threads_per_run or 1
     if address:
@@ -257,25 +287,25 @@ def _run_on_ray(cfg: Config, out: Path, todo: list[Job], workers: int | None, th
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
     try:
-        task = ray.remote(num_cpus=threads)(run_job)
-        pending = {task.remote(j.config(cfg).to_dict(), str((out / j.run_dir).resolve()), threads): j
-                   for j in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    summary = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    # A user-fixable failure inside a job (bad config, non-finite loss, stale store)
-                    # stays the one-line error it was in-process; anything else names its run.
-                    cause = getattr(e, "cause", None)
-                    if isinstance(cause, IgkdError):
-                        raise type(cause)(f"{job.run_dir}: {cause}") from None
-                    raise RuntimeError(f"{job.run_dir} failed: {cause or e}") from None
-                finished(job, summary)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        yield ray.remote(num_cpus=threads)(run_job), threads, slots
     finally:
         ray.shutdown()
+
+
+def ray_result(ref, label: str) -> dict:
+    """What a Ray task of :func:`run_job` returned. A user-fixable failure inside it (bad config,
+    non-finite loss, stale store) stays the one-line error it was in-process, naming ``label`` (its
+    run); anything else names its run too."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, IgkdError):
+            raise type(cause)(f"{label}: {cause}") from None
+        raise RuntimeError(f"{label} failed: {cause or e}") from None
 
 
 def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
@@ -349,5 +379,6 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["CONTROLS", "PAPER_DEPTHS", "SOURCES", "Arm", "Job", "StudyPlan", "parse_depths", "read_results",
-           "read_study", "run_job", "run_study", "write_gallery", "write_results"]
+__all__ = ["CONTROLS", "PAPER_DEPTHS", "SOURCES", "Arm", "Job", "StudyPlan", "parse_depths",
+           "prepare_shared", "ray_result", "ray_session", "read_results", "read_study", "run_job",
+           "run_study", "write_gallery", "write_results"]
