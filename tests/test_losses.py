@@ -58,14 +58,54 @@ def test_distiller_named_terms_and_frozen_eval_teacher():
     cfg = DistillConfig(alpha=0.3, temperature=2.0, gamma=0.8)
     d = Distiller(student, teacher, "kd_at", cfg, at_layer=9)
     d.train()
-    assert not teacher.training and student.training
+    assert not d.teacher.training and student.training
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     logits, losses = d.forward_train(x, y)
     assert set(losses) == {"ce", "kd", "at"}
     with torch.no_grad():
-        zt = teacher(x)
+        zt = teacher.eval()(x)
     assert losses["kd"].item() == pytest.approx(0.3 * kd_loss(logits, zt, 2.0).item(), rel=1e-5)
     assert losses["ce"].item() == pytest.approx(0.7 * torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     sum(losses.values()).backward()
-    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in d.teacher.parameters())
     assert student.features[0][0].weight.grad is not None
+
+
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm statistics and affine parameters like a trained network's, so folding really changes weights."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("method", ["kd_at", "kd_ig_at"])
+def test_fast_teacher_matches_the_eager_teacher(method):
+    """The default teacher forward (BN folded, channels-last copy) gives the eager teacher's logits and AT
+    features within 1e-4, and so the same loss terms; the caller's teacher is left as it was."""
+    torch.manual_seed(0)
+    teacher = trained_like(cifar_mobilenet_v2())
+    student = truncated_student(teacher, 5)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    out = {}
+    for fast in (False, True):
+        d = Distiller(student, teacher, method, DistillConfig(fast_teacher=fast), at_layer=9).train()
+        feats = []
+        hook = d.teacher.get_submodule("features.9").register_forward_hook(lambda _m, _i, o: feats.append(o))
+        logits, losses = d.forward_train(x, y)
+        with torch.no_grad():
+            zt = d.teacher(x.contiguous(memory_format=torch.channels_last) if fast else x)
+        hook.remove()
+        out[fast] = (zt, feats[0], {k: v.item() for k, v in losses.items()})
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # the caller's model untouched
+    (z0, f0, l0), (z1, f1, l1) = out[False], out[True]
+    assert ((z1 - z0).norm() / z0.norm()).item() < 1e-4
+    assert ((f1 - f0).norm() / f0.norm()).item() < 1e-4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.teacher.modules())  # it was folded
+    for k in l0:
+        assert l1[k] == pytest.approx(l0[k], rel=1e-4)

@@ -92,6 +92,9 @@ class DistillConfig:
     at_layer: int | None = None  # None = METHOD.md's rule features[19 // d]
     at_student_layer: str | None = None  # AT by module name (any architecture); None = chosen by spatial size
     at_teacher_layer: str | None = None  # None = the teacher's module of the nearest spatial size
+    # The teacher's forward in every step runs on an inference copy: BN folded, channels-last (logits and
+    # AT features within 1e-5 of eager, about 2x faster on CPU); false runs the teacher module as it is.
+    fast_teacher: bool = True
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import METHODS, DistillConfig
+from ..models.inference import inference_copy
 from .losses import at_loss, ce_loss, kd_loss
 
 
@@ -45,6 +46,9 @@ class _Capture:
 class Distiller(nn.Module):
     """Student plus (frozen, always-eval) teacher; ``forward_train`` returns logits and named losses.
 
+    With ``cfg.fast_teacher`` (the default) the teacher is an inference copy of the given one (batch norm
+    folded, channels-last: :func:`igkd.models.inference.inference_copy`); the given module is not changed.
+
     The teacher sees exactly the batch the student sees: the same crop, flip and overlay. Attention
     transfer compares the student's ``features[at_layer]`` with the teacher's ``features[at_layer]``,
     or with ``features[teacher_at_layer]`` when given (a scaled student), its map resized to the student's.
@@ -61,7 +65,12 @@ class Distiller(nn.Module):
             raise ValueError(f"method {method!r} needs a teacher")
         self.student = student
         self.teacher = teacher if self.spec.needs_teacher else None
-        if self.teacher is not None:
+        # The teacher only runs forward with fixed weights: an inference copy (BN folded, channels-last)
+        # costs about half the eager forward on CPU, keeps module paths (AT hooks) and the caller's model.
+        self._teacher_cl = self.teacher is not None and cfg.fast_teacher
+        if self._teacher_cl:
+            self.teacher = inference_copy(self.teacher)
+        elif self.teacher is not None:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.cfg = cfg
@@ -93,7 +102,8 @@ class Distiller(nn.Module):
         losses = {"ce": (1.0 - self.alpha) * ce_loss(logits, y)}
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(x)
+                teacher_logits = self.teacher(x.contiguous(memory_format=torch.channels_last)
+                                              if self._teacher_cl else x)
             if self.spec.kd:
                 losses["kd"] = self.alpha * kd_loss(logits, teacher_logits, self.cfg.temperature)
             if self.spec.at:
