@@ -96,7 +96,7 @@ def test_fast_teacher_matches_the_eager_teacher(method):
     for fast in (False, True):
         d = Distiller(student, teacher, method, DistillConfig(fast_teacher=fast), at_layer=9).train()
         feats = []
-        hook = d.teacher.get_submodule("features.9").register_forward_hook(lambda _m, _i, o: feats.append(o))
+        hook = d.teacher.get_submodule("features.9").register_forward_hook(lambda _m, _i, o, f=feats: f.append(o))
         logits, losses = d.forward_train(x, y)
         with torch.no_grad():
             zt = d.teacher(x.contiguous(memory_format=torch.channels_last) if fast else x)
