@@ -13,11 +13,12 @@ warm-up steps; the median round is reported (the best is printed too: outside lo
 round down). The estimate of the paper's recipe is 100 epochs x (50,000 training images at the step
 rate + 10,000 test images at the evaluation rate); the IG store is not included.
 
-    .venv/bin/python benchmarks/train_throughput.py --eager-teacher      # CPU: a few minutes on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py --teachers auto,torch,eager   # CPU: minutes on 2 cores
     python benchmarks/train_throughput.py --device cuda --modes eager,bf16,channels_last,bf16+channels_last+compile
 
-The teacher's forward runs on its inference copy (``distill.fast_teacher``, the default: batch norm
-folded, channels-last); ``--eager-teacher`` adds rows with the eager teacher module for comparison.
+The teacher's forward runs as ``distill.teacher_runtime`` says (default ``auto``: ONNX Runtime on the
+CPU, on CUDA PyTorch's inference copy with batch norm folded and channels-last); ``--teachers`` times
+the teacher methods under other runtimes too (``torch``, ``eager``: the teacher module as it is).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def measure(method: str, teacher: torch.nn.Module, args, device: torch.device, d
     torch.manual_seed(0)
     student = truncated_student(teacher, args.remove_blocks)
     distiller = Distiller(student, teacher if method != "student" else None, method,
-                          DistillConfig(fast_teacher=options["fast_teacher"]),
+                          DistillConfig(teacher_runtime=options["teacher"] if method != "student" else "auto"),
                           at_layer=at_layer_for(args.remove_blocks)).to(device)
     if options["channels_last"]:
         distiller.to(memory_format=torch.channels_last)
@@ -147,8 +148,9 @@ def main() -> None:
     ap.add_argument("--modes", default=None,
                     help="comma-separated settings, each eager or '+'-joined from bf16, fp16, channels_last, compile "
                          "(default: eager on the CPU; eager, bf16+channels_last on CUDA)")
-    ap.add_argument("--eager-teacher", action="store_true",
-                    help="also time the teacher methods with distill.fast_teacher=false (the eager teacher module)")
+    ap.add_argument("--teachers", default="auto",
+                    help="comma-separated distill.teacher_runtime values for the teacher methods (auto, onnxruntime, "
+                         "torch, eager)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args()
 
@@ -197,11 +199,11 @@ def main() -> None:
     results = []
     for options in settings:
         for method in methods:
-            teachers = [True, False] if args.eager_teacher and method != "student" else [True]
-            for fast_teacher in teachers:
-                r = measure(method, teacher, args, device, data, {**options, "fast_teacher": fast_teacher})
+            runtimes = [t.strip() for t in args.teachers.split(",")] if method != "student" else ["-"]
+            for runtime in runtimes:
+                r = measure(method, teacher, args, device, data, {**options, "teacher": runtime})
                 results.append(r)
-                print(f"  {method} {options} fast_teacher={fast_teacher}: {r['step_ms']:.1f} ms/step "
+                print(f"  {method} {options} teacher {runtime}: {r['step_ms']:.1f} ms/step "
                       f"(best {r['best_ms']:.1f}), data path {r['data_ms']:.2f} ms, warm-up {r['warmup_s']:.0f} s",
                       flush=True)
     print()
@@ -212,7 +214,7 @@ def main() -> None:
     for r in results:
         key = (r["amp"], r["channels_last"], r["compile"])
         ratio = f"{r['step_ms'] / base[key]:.2f}x" if key in base else "-"
-        kind = "-" if r["method"] == "student" else ("fast" if r["fast_teacher"] else "eager")
+        kind = r["teacher"]
         print(f"| {r['method']} | {kind} | {r['amp']} | {'yes' if r['channels_last'] else 'no'} | "
               f"{'yes' if r['compile'] else 'no'} | {r['step_ms']:.1f} / {r['best_ms']:.1f} | {r['ips']:.0f} | "
               f"{r['data_ms']:.2f} | {100 * r['data_share']:.1f} % | {ratio} | {r['eval_ips']:.0f} | "
@@ -221,7 +223,7 @@ def main() -> None:
     print("targets:")
     for r in results:
         key = (r["amp"], r["channels_last"], r["compile"])
-        tag = (f"{r['method']} (teacher {'fast' if r['fast_teacher'] else 'eager'}, amp {r['amp']}, "
+        tag = (f"{r['method']} (teacher {r['teacher']}, amp {r['amp']}, "
                f"channels-last {r['channels_last']}, compile {r['compile']})")
         print(f"  data path < 5 % of the step, {tag}: {100 * r['data_share']:.1f} %  "
               f"{'met' if r['data_share'] < 0.05 else 'NOT met'}")

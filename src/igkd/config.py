@@ -92,9 +92,9 @@ class DistillConfig:
     at_layer: int | None = None  # None = METHOD.md's rule features[19 // d]
     at_student_layer: str | None = None  # AT by module name (any architecture); None = chosen by spatial size
     at_teacher_layer: str | None = None  # None = the teacher's module of the nearest spatial size
-    # The teacher's forward in every step runs on an inference copy: BN folded, channels-last (logits and
-    # AT features within 1e-5 of eager, about 2x faster on CPU); false runs the teacher module as it is.
-    fast_teacher: bool = True
+    # The teacher's forward in every step: auto = ONNX Runtime on the CPU where installed, else torch (an
+    # inference copy: BN folded, channels-last); eager = the module as it is. All within 1e-4 of eager.
+    teacher_runtime: str = "auto"  # auto | onnxruntime | torch | eager
 
 
 @dataclass
@@ -233,6 +233,7 @@ def _validate(cfg: Config) -> None:
         model_name_problem,
         student_kind,
     )
+    from .models.inference import TEACHER_RUNTIMES
 
     d, t, ig, a, k = cfg.data, cfg.teacher, cfg.ig, cfg.augment, cfg.student.remove_blocks
     s, kind, family = cfg.student, student_kind(cfg), is_family(t.arch)
@@ -295,6 +296,8 @@ def _validate(cfg: Config) -> None:
         ("distill.alpha", cfg.distill.alpha, 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
         ("distill.temperature", cfg.distill.temperature, cfg.distill.temperature > 0, "> 0"),
         ("distill.gamma", cfg.distill.gamma, cfg.distill.gamma >= 0, ">= 0"),
+        ("distill.teacher_runtime", dc.teacher_runtime, dc.teacher_runtime in TEACHER_RUNTIMES,
+         _one_of(TEACHER_RUNTIMES)),
         ("distill.at_layer", cfg.distill.at_layer,
          cfg.distill.at_layer is None or 0 <= cfg.distill.at_layer < NUM_FEATURE_MODULES - k,
          f"null or a feature module the student keeps (0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})"),

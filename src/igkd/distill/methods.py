@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..config import METHODS, DistillConfig
-from ..models.inference import inference_copy
+from ..errors import ConfigError
+from ..models.inference import OrtTeacher, inference_copy, onnxruntime_available
 from .losses import at_loss, ce_loss, kd_loss
 
 
@@ -46,8 +47,9 @@ class _Capture:
 class Distiller(nn.Module):
     """Student plus (frozen, always-eval) teacher; ``forward_train`` returns logits and named losses.
 
-    With ``cfg.fast_teacher`` (the default) the teacher is an inference copy of the given one (batch norm
-    folded, channels-last: :func:`igkd.models.inference.inference_copy`); the given module is not changed.
+    Unless ``cfg.teacher_runtime`` is ``eager``, the teacher is an inference copy of the given one (batch
+    norm folded, channels-last: :func:`igkd.models.inference.inference_copy`), run by PyTorch or ONNX
+    Runtime (:meth:`teacher_outputs`); the given module is not changed.
 
     The teacher sees exactly the batch the student sees: the same crop, flip and overlay. Attention
     transfer compares the student's ``features[at_layer]`` with the teacher's ``features[at_layer]``,
@@ -65,14 +67,15 @@ class Distiller(nn.Module):
             raise ValueError(f"method {method!r} needs a teacher")
         self.student = student
         self.teacher = teacher if self.spec.needs_teacher else None
-        # The teacher only runs forward with fixed weights: an inference copy (BN folded, channels-last)
-        # costs about half the eager forward on CPU, keeps module paths (AT hooks) and the caller's model.
-        self._teacher_cl = self.teacher is not None and cfg.fast_teacher
-        if self._teacher_cl:
-            self.teacher = inference_copy(self.teacher)
+        # The teacher only runs forward with fixed weights: distill.teacher_runtime says how (see teacher_outputs).
+        self.runtime = cfg.teacher_runtime
+        if self.teacher is not None and self.runtime != "eager":
+            self.teacher = inference_copy(self.teacher)  # BN folded, channels-last; the caller's model untouched
         elif self.teacher is not None:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+        self._ort: OrtTeacher | None = None
+        self._tap: str | None = None
         self.cfg = cfg
         self.alpha = cfg.alpha if self.spec.kd else 0.0
         if self.spec.at:
@@ -84,6 +87,7 @@ class Distiller(nn.Module):
                 at_modules = (f"features.{at_layer}", f"features.{t_layer}")
             self._s_feat = _Capture(student.get_submodule(at_modules[0]))
             self._t_feat = _Capture(self.teacher.get_submodule(at_modules[1]))
+            self._tap = at_modules[1]
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -101,12 +105,35 @@ class Distiller(nn.Module):
         logits = self.student(x)
         losses = {"ce": (1.0 - self.alpha) * ce_loss(logits, y)}
         if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(x.contiguous(memory_format=torch.channels_last)
-                                              if self._teacher_cl else x)
+            teacher_logits, teacher_feat = self.teacher_outputs(x)
             if self.spec.kd:
                 losses["kd"] = self.alpha * kd_loss(logits, teacher_logits, self.cfg.temperature)
             if self.spec.at:
-                losses["at"] = self.cfg.gamma * at_loss(self._s_feat.value, self._t_feat.value,
-                                                          resize=self._at_resize)
+                losses["at"] = self.cfg.gamma * at_loss(self._s_feat.value, teacher_feat, resize=self._at_resize)
         return logits, losses
+
+    def _use_ort(self, x: torch.Tensor) -> bool:
+        if self.runtime == "onnxruntime":
+            if x.device.type != "cpu" or not onnxruntime_available():
+                raise ConfigError("bad value for distill.teacher_runtime: 'onnxruntime' (allowed: on the CPU with "
+                                  "onnxruntime and onnxscript installed; use auto or torch)")
+            return True
+        return (self.runtime == "auto" and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.compiler.is_compiling() and onnxruntime_available())
+
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits, and its AT module's output when the method uses AT, without gradients.
+
+        ``distill.teacher_runtime``: ``eager`` runs the given teacher module; ``torch`` its inference
+        copy (batch norm folded, channels-last); ``onnxruntime`` that copy exported to ONNX Runtime
+        (CPU); ``auto`` ONNX Runtime on the CPU where it is installed, else ``torch``. Every runtime
+        gives the eager module's outputs within 1e-4 (float32 rounding only).
+        """
+        if self._use_ort(x):
+            if self._ort is None:
+                self._ort = OrtTeacher(self.teacher, self._tap if self.spec.at else None, tuple(x.shape[1:]))
+            return self._ort(x)
+        with torch.no_grad():
+            logits = self.teacher(x.contiguous(memory_format=torch.channels_last)
+                                  if self.runtime != "eager" else x)
+        return logits, self._t_feat.value if self.spec.at else None
