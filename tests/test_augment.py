@@ -84,6 +84,7 @@ def test_crop_flip_identity_uint8_and_no_map():
         batch_crop_flip(images, maps[:, :4], PAD, torch.Generator())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_crop_flip_cuda_with_cpu_generator_matches_cpu():
     images, maps = _encoded(64)

@@ -195,6 +195,7 @@ def test_attribution_map_and_errors():
         integrated_gradients(net, x, torch.tensor([0, 1, 2]), n_steps=4)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     net = small_net()

@@ -20,24 +20,43 @@ def _sets(items):
 def demo_dir(tmp_path_factory):
     require(FASHION_MNIST, "Fashion-MNIST")
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), *_sets(SMALL)]) == 0
+    assert main(["demo", "-c", "cpu-fashion-mnist", "--out", str(out), *_sets(SMALL)]) == 0
     return out
 
 
 def test_demo_prints_a_table_of_real_runs(demo_dir, capsys):
     summary = json.loads((demo_dir / "demo_summary.json").read_text())
     methods = [s["method"] for s in summary["students"]]
-    assert methods == ["student", "kd", "kd_ig"]
+    assert methods == ["student", "kd", "kd_ig", "kd_ig+noise_maps"]
     for s in summary["students"]:
         assert s["params"] < summary["teacher"]["params"]
         assert s["compression_factor"] == pytest.approx(summary["teacher"]["params"] / s["params"])
         assert 0.0 <= s["test_acc_last"] <= 100.0 and s["test_images"] == 500
     # A second run reuses every stage and prints the same table.
-    assert main(["demo", "--out", str(demo_dir), *_sets(SMALL)]) == 0
+    assert main(["demo", "-c", "cpu-fashion-mnist", "--out", str(demo_dir), *_sets(SMALL)]) == 0
     out = capsys.readouterr().out
-    assert out.count("reusing") == 4
+    assert out.count("reusing") == 5
     table = (demo_dir / "demo_table.md").read_text()
-    assert table.strip() in out and "kd_ig" in table
+    assert table.strip() in out and "kd_ig+noise_maps" in table
+    noise = summary["students"][3]
+    assert noise["overlay_maps"] == "noise" and noise["attribution"] is None
+
+
+def test_demo_with_the_shipped_teacher(tmp_path, capsys):
+    """The demo's preset uses igkd's own teacher, shipped as package data and checked by its sha256: no
+    teacher is trained, and the table's teacher row comes from the students' runs."""
+    require(FASHION_MNIST, "Fashion-MNIST")
+    from igkd.weights import SHIPPED, resolve_checkpoint
+
+    sets = ["data.train_size=300", "data.test_size=300", "train.epochs=1", "train.device=cpu", "ig.n_steps=4"]
+    assert main(["demo", "--out", str(tmp_path), "--methods", "kd,kd_ig+noise_maps", *_sets(sets)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher: igkd:fashion-mnist-teacher-w0.5" in out and not list(tmp_path.glob("teacher-*"))
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    kd = summary["students"][0]
+    assert kd["teacher_test_acc"] == summary["teacher"]["test_acc_last"] > 88  # a teacher worth distilling
+    assert kd["compression_factor"] > 20
+    assert resolve_checkpoint("igkd:fashion-mnist-teacher-w0.5").is_file() and SHIPPED
 
 
 def test_ig_store_matches_teacher_and_data(demo_dir):
@@ -101,3 +120,22 @@ def test_precompute_cli_two_ranks_equal_one_process(tmp_path):
     a, b = MapStore.open(tmp_path / "two"), MapStore.open(tmp_path / "one")
     assert a.shape == (40, 12, 12)
     assert np.array_equal(np.asarray(a.maps), np.asarray(b.maps))
+
+
+def test_shipped_weights_are_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from igkd import weights
+    from igkd.errors import CheckpointError
+    from igkd.runs import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="no shipped weights 'igkd:nope'; igkd ships: igkd:"):
+        load_checkpoint("igkd:nope")
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    good = hashlib.sha256(b"weights").hexdigest()
+    monkeypatch.setattr(weights, "HERE", tmp_path)
+    monkeypatch.setitem(weights.SHIPPED, "toy", ("w.pt", good, "test", "test"))
+    assert weights.resolve_checkpoint("igkd:toy") == tmp_path / "w.pt"
+    (tmp_path / "w.pt").write_bytes(b"weightz")  # altered after it was shipped
+    with pytest.raises(CheckpointError, match="do not match their sha256"):
+        load_checkpoint("igkd:toy")

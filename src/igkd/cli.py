@@ -208,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("demo", help="the whole method on Fashion-MNIST on a CPU in minutes")
-    _add_config_args(p, default="cpu-fashion-mnist")
+    _add_config_args(p, default="demo-fashion-mnist")
     p.add_argument("--out", "-o", default="runs/demo", help="where runs are kept and reused (default: runs/demo)")
-    p.add_argument("--methods", default="student,kd,kd_ig", help="comma-separated methods")
+    p.add_argument("--methods", default="student,kd,kd_ig,kd_ig+noise_maps",
+                   help="comma-separated methods, or method+control as in montecarlo")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="accuracy, balanced accuracy, kappa, per-class accuracy and confusion "
@@ -235,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated methods; controls: kd_ig+unrelated_maps, kd_ig+noise_maps")
         p.add_argument("--runs", type=int, default=10, help="runs per method (and depth)")
         p.add_argument("--out", "-o", required=True, help="study directory (rerun the command to resume)")
-        p.add_argument("--fraction", type=float, default=0.8,
-                       help="stratified fraction of the training split each run trains on (paper: 0.8)")
+        p.add_argument("--fraction", type=float, default=None,
+                       help="stratified fraction of the training split each run trains on (default: the "
+                            "config's train.subset_fraction if below 1, else 0.8 as in the paper)")
         p.add_argument("--unpaired", action="store_true",
                        help="give every run its own seed (default: run i of every method shares seed, "
                        "subset, initialisation and augmentation draws)")

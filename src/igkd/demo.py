@@ -10,14 +10,12 @@ import copy
 import time
 from pathlib import Path
 
-from .config import METHODS, Config
-from .distill.methods import MethodSpec
-from .errors import ConfigError
+from .config import Config
+from .experiments.study import Arm, prepare_shared
 from .fileio import write_checked_json
 from .pipeline import (
     TEACHER_SECTIONS,
     distill,
-    precompute,
     run_or_reuse,
     teacher_config,
     train_teacher,
@@ -26,33 +24,40 @@ from .reporting import format_table
 
 
 def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method {unknown[0]!r} in --methods; known: {', '.join(METHODS)}")
+    """Teacher (trained here, or ``teacher.checkpoint``: the preset ships igkd's own), the maps the
+    arms overlay, one student per arm (``kd_ig+noise_maps`` is kd_ig with maps that carry nothing)."""
+    arms = [Arm.parse(m) for m in methods]  # an unknown method or control is one line, before any work
     out = Path(out)
     t0 = time.perf_counter()
-    n_steps = 2 + len(methods)
-    teacher_cfg = teacher_config(cfg)
-    teacher_dir = out / f"teacher-{teacher_cfg.digest(*TEACHER_SECTIONS)}"
-    teacher = run_or_reuse(teacher_dir, teacher_cfg, train_teacher, "teacher", f"[1/{n_steps}]")
-
+    n_steps = 2 + len(arms)
+    teacher = None
     cfg = copy.deepcopy(cfg)
-    cfg.teacher.checkpoint = str(teacher_dir / "model.pt")
+    if cfg.teacher.checkpoint is None:
+        teacher_cfg = teacher_config(cfg)
+        teacher_dir = out / f"teacher-{teacher_cfg.digest(*TEACHER_SECTIONS)}"
+        teacher = run_or_reuse(teacher_dir, teacher_cfg, train_teacher, "teacher", f"[1/{n_steps}]")
+        cfg.teacher.checkpoint = str(teacher_dir / "model.pt")
+    else:
+        print(f"[1/{n_steps}] teacher: {cfg.teacher.checkpoint}", flush=True)
     if not cfg.ig.store and not cfg.ig.cache_dir:
         cfg.ig.cache_dir = str(out / "ig")
-    if any(MethodSpec.parse(m).ig for m in methods):
-        print(f"[2/{n_steps}] IG maps of {cfg.data.train_size or 'all'} training images", flush=True)
-        print(f"      -> {precompute(cfg).path}", flush=True)
+    print(f"[2/{n_steps}] maps of {cfg.data.train_size or 'all'} training images", flush=True)
+    cfg = prepare_shared(cfg, out, arms)
     summaries = []
-    for i, method in enumerate(methods):
-        mcfg = copy.deepcopy(cfg)
-        mcfg.distill.method = method
-        summaries.append(run_or_reuse(out / f"{method}-{mcfg.digest()}", mcfg, distill, method,
-                                       f"[{3 + i}/{n_steps}]"))
+    for i, arm in enumerate(arms):
+        mcfg = arm.apply(cfg)
+        summary = run_or_reuse(out / f"{arm.name}-{mcfg.digest()}", mcfg, distill, arm.name, f"[{3 + i}/{n_steps}]")
+        summaries.append({**summary, "method": arm.name})
     wall = time.perf_counter() - t0
 
-    rows = [("teacher", teacher["test_acc_last"], teacher.get("test_acc_at_best_val"), teacher["params"], 1.0,
-             teacher["macs"] / 1e6)]
+    ref = next((s for s in summaries if s.get("teacher_test_acc") is not None), None)
+    if teacher is not None:
+        rows = [("teacher", teacher["test_acc_last"], teacher.get("test_acc_at_best_val"), teacher["params"], 1.0,
+                 teacher["macs"] / 1e6)]
+    elif ref is not None:
+        rows = [("teacher", ref["teacher_test_acc"], None, ref["teacher_params"], 1.0, ref["teacher_macs"] / 1e6)]
+    else:
+        rows = []
     for s in summaries:
         rows.append((s["method"], s["test_acc_last"], s.get("test_acc_at_best_val"), s["params"],
                      s["compression_factor"], s["macs"] / 1e6))
@@ -62,9 +67,12 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
     if summaries:
         s = summaries[0]
         print(f"{s['dataset']}: trained on {s['train_images']:,} images for {cfg.train.epochs} epochs, "
-              f"tested on {s['test_images']:,}; students drop the teacher's last {cfg.student.remove_blocks} feature modules")
+              f"tested on {s['test_images']:,}; students drop the teacher's last {cfg.student.remove_blocks} feature "
+              "modules; kd_ig+noise_maps overlays maps that carry no information (a control)")
     print(table)
     print(f"\nwall time {wall:.0f} s; runs in {out}")
     (out / "demo_table.md").write_text(table + "\n")
-    write_checked_json(out / "demo_summary.json", {"teacher": teacher, "students": summaries, "wall_time_s": wall})
+    write_checked_json(out / "demo_summary.json", {"teacher": teacher or {"checkpoint": cfg.teacher.checkpoint,
+                                                                          "test_acc_last": rows[0][1] if rows else None},
+                                                   "students": summaries, "wall_time_s": wall})
     return summaries

@@ -30,6 +30,7 @@ from .fileio import (
     write_json,
 )
 from .locks import FileLock
+from .weights import resolve_checkpoint
 
 CHECKPOINT_FORMAT = "igkd-checkpoint-1"
 
@@ -45,9 +46,11 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """What :func:`save_checkpoint` wrote, or any other checkpoint's dict, loaded without running code.
 
+    ``path`` may also be ``igkd:NAME``, weights shipped with igkd (:mod:`igkd.weights`).
+
     An igkd checkpoint whose content does not match its hash (truncated, bit-flipped) is an error.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a path, or igkd:NAME (weights shipped with igkd)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:

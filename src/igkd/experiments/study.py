@@ -30,7 +30,7 @@ import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ class Arm:
             return cls(name, method, attribution=SOURCES[control])
         return cls(name, method, CONTROLS[control])
 
+    def apply(self, base: Config) -> Config:
+        """A copy of ``base`` that runs this arm: its method, its overlay's maps and their source."""
+        cfg = copy.deepcopy(base)
+        cfg.distill.method = self.method
+        cfg.augment.maps = self.maps
+        if self.attribution is not None:
+            cfg.ig.attribution = self.attribution
+        return cfg
+
 
 @dataclass
 class StudyPlan:
@@ -105,7 +114,7 @@ class StudyPlan:
     runs: int
     remove_blocks: list[int]
     paired: bool = True
-    train_fraction: float = 0.8
+    train_fraction: float | None = None  # None: the config's train.subset_fraction if below 1, else 0.8 (the paper's)
     seed: int = 0
     baseline: str = field(default="")
 
@@ -120,7 +129,7 @@ class StudyPlan:
             Arm.parse(m)
         if self.runs < 1:
             raise ConfigError(f"--runs must be >= 1, got {self.runs}")
-        if not 0.0 < self.train_fraction <= 1.0:
+        if self.train_fraction is not None and not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"--fraction must be in (0, 1], got {self.train_fraction}")
         for k in self.remove_blocks:
             if not 1 <= k < NUM_FEATURE_MODULES:
@@ -147,11 +156,7 @@ class Job:
     run_dir: str  # relative to the study directory
 
     def config(self, base: Config) -> Config:
-        cfg = copy.deepcopy(base)
-        cfg.distill.method = self.arm.method
-        cfg.augment.maps = self.arm.maps
-        if self.arm.attribution is not None:
-            cfg.ig.attribution = self.arm.attribution
+        cfg = self.arm.apply(base)
         cfg.student.remove_blocks = self.remove_blocks
         cfg.train.seed = self.seed
         return cfg
@@ -179,6 +184,8 @@ def run_study(cfg: Config, plan: StudyPlan, out: str | Path, workers: int | None
     One process drives a study folder at a time (a lock names it); its runs lock their own folders.
     """
     load_datasets(cfg)  # bad data is an error before anything is written (loads are cached per process)
+    if plan.train_fraction is None:  # a recipe that names its subset keeps it; else the paper's 80 %
+        plan = replace(plan, train_fraction=cfg.train.subset_fraction if cfg.train.subset_fraction < 1 else 0.8)
     with FileLock(out, "study folder"):
         return _run_study(cfg, plan, Path(out), workers, threads_per_run, address, progress, on_result)
 

@@ -135,6 +135,8 @@ class OrtTeacher:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # No busy-waiting after a run: its threads would spin on the cores the student's step needs next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(_ONNX_CACHE[key], options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.tap = tap
