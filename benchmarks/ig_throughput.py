@@ -52,6 +52,7 @@ from igkd.attribution import (
 from igkd.data.catalog import CIFAR10
 from igkd.data.image_dataset import ImageDataset
 from igkd.models import cifar_mobilenet_v2, state_dict_hash
+from igkd.models.inference import trained_like
 
 N_STEPS = 50
 REFERENCE = Path(os.environ.get("IGKD_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
@@ -164,20 +165,6 @@ def compiled_ig(model):
     prepared = prepare_for_ig(model)
     prepared.module = torch.compile(prepared.module, dynamic=False)
     return lambda x, y, **kw: integrated_gradients(prepared, x, y, **kw)
-
-
-def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """The same architecture with batch-norm statistics and affine parameters like a trained net's."""
-    model = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
-    return model.eval()
 
 
 def errors(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:

@@ -25,9 +25,13 @@ from igkd.cli import resolve_config_path
 from igkd.config import load_config
 
 assert igkd.__file__.startswith(sys.argv[1]), f"igkd imported from {igkd.__file__}, not the wheel"
-for name in ("cpu-fashion-mnist", "paper-cifar10"):
+for name in ("cpu-fashion-mnist", "paper-cifar10", "demo-fashion-mnist", "cpu-converged-fashion-mnist"):
     load_config(resolve_config_path(name))
 assert r.files("igkd.data").joinpath("imagenet_wnids.txt").is_file()
 assert r.files("igkd.data").joinpath("imagenet_to_cifar10.json").is_file()
-print("check_wheel: the installed wheel runs `igkd --help` and `compression-table`, and loads its presets")
+from igkd.weights import SHIPPED, resolve_checkpoint  # the demo's teacher, checked by its sha256
+for name in SHIPPED:
+    assert resolve_checkpoint("igkd:" + name).is_file()
+print("check_wheel: the installed wheel runs `igkd --help` and `compression-table`, loads its presets and "
+      "its shipped weights")
 PY

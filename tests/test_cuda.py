@@ -9,8 +9,8 @@ from igkd.cli import main
 from igkd.config import DistillConfig
 from igkd.distill.methods import Distiller
 from igkd.models import cifar_mobilenet_v2, truncated_student
+from igkd.models.inference import trained_like
 
-from .test_losses import trained_like
 from .toy_data import toy_settings, write_quadrants_npz
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

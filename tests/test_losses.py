@@ -7,6 +7,7 @@ from igkd.config import DistillConfig
 from igkd.distill.losses import at_loss, attention_map, kd_loss
 from igkd.distill.methods import Distiller, MethodSpec
 from igkd.models import cifar_mobilenet_v2, truncated_student
+from igkd.models.inference import trained_like
 
 
 def test_kd_loss_matches_hand_computation():
@@ -69,19 +70,6 @@ def test_distiller_named_terms_and_frozen_eval_teacher():
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in d.teacher.parameters())
     assert student.features[0][0].weight.grad is not None
-
-
-def trained_like(model: torch.nn.Module) -> torch.nn.Module:
-    """Batch-norm statistics and affine parameters like a trained network's, so folding really changes weights."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
-    return model
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "auto"])

@@ -62,6 +62,22 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
     return module
 
 
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An eval-mode copy of ``model`` whose batch norms have statistics and affine parameters like a trained
+    network's (a fresh one has mean 0, variance 1, weight 1, bias 0, which folding leaves unchanged).
+    For checks of folding and rounding (``benchmarks/ig_throughput.py``, the teacher-runtime tests)."""
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+    return model.eval()
+
+
 # --------------------------------------------------------------------------------------------------
 # The teacher's forward in a distillation step
 
@@ -122,7 +138,9 @@ class OrtTeacher:
             net = inference_copy(model, channels_last=False, device="cpu")
             net = _WithTap(net, tap) if tap else net
             x = torch.zeros((2, *sample_shape))  # batch 2: batch 1 would be specialised as a constant
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            # float32 whatever the caller's autocast: the exported graph must not hold its casts
+            with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(),
+                  torch.autocast("cpu", enabled=False)):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(net, (x,), input_names=["input"], dynamo=True, verbose=False,
                                             dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=18,
