@@ -19,7 +19,7 @@ SHIPPED: dict[str, tuple[str, str, str, str]] = {
     "fashion-mnist-teacher-w0.5": (
         "fashion-mnist-teacher-w0.5.pt",
         "3264664fa3c15539009ba7a7e67b1cf5e870581a3e27fe2ebcd886d687b45e9d",
-        "igkd train-teacher -c cpu-study-fashion-mnist --out runs/cpu-study-teacher  (igkd 7921580, 2 threads)",
+        "igkd train-teacher -c cpu-study-fashion-mnist --out runs/cpu-study-teacher  (igkd b87e68e, 2 threads)",
         "cifar_mobilenet_v2 width 0.5, strides [2,1,2,2,1], 700,202 parameters; Fashion-MNIST test 91.69 %, "
         "validation 92.43 % after 15 epochs",
     ),
