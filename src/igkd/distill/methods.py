@@ -130,8 +130,7 @@ class Distiller(nn.Module):
         ``distill.teacher_runtime``: ``eager`` runs the given teacher module; ``torch`` its inference
         copy (batch norm folded, channels-last); ``onnxruntime`` that copy exported to ONNX Runtime
         (CPU); ``auto`` ONNX Runtime on the CPU where it is installed, else (and in data-parallel runs)
-        ``torch``. Every runtime
-        gives the eager module's outputs within 1e-4 (float32 rounding only).
+        ``torch``. Every runtime gives the eager module's outputs within 1e-4 (float32 rounding only).
         """
         if self._use_ort(x):
             if self._ort is None:

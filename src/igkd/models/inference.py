@@ -9,6 +9,7 @@ far below any error the method itself makes, and make the CPU forward about twic
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -104,6 +105,7 @@ class _WithTap(nn.Module):
         return logits, seen[0]
 
 
+@functools.cache  # asked at every distillation step
 def onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
