@@ -10,7 +10,6 @@ outputs differ from PyTorch's by more than 1e-4 (max absolute difference, float3
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import io
@@ -26,6 +25,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..fileio import atomic_write_bytes, write_json
+from ..models.inference import onnx_model_proto, ort_session_options
 from .timing import TimingOptions
 
 ONNX_OPSET = 18
@@ -52,17 +52,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     require("onnx")
     require("onnxscript")
     model = _cpu_eval_copy(model)
-    x = torch.randn(2, *input_shape)  # batch 2: batch 1 would be specialised as a constant
-    quiet = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                        opset_version=opset, optimize=True, verbose=False)
+        proto = onnx_model_proto(model, input_shape, [INPUT_NAME], [OUTPUT_NAME], opset)
     except Exception as e:  # the exporter raises many types; the first line says what failed
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
-    proto = program.model_proto
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -95,11 +88,7 @@ def ort_session(path: str | Path, threads: int | None = None, device: str = "cpu
     """An ONNX Runtime session of ``path``: all graph optimisations, ``threads`` intra-op threads
     (default: PyTorch's), CUDA's execution provider on ``device="cuda"``."""
     ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = ort_session_options(threads)
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ExportError("this onnxruntime has no CUDA execution provider: install onnxruntime-gpu")

@@ -115,6 +115,41 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def onnx_model_proto(net: nn.Module, sample_shape: tuple[int, ...], input_names: list[str],
+                     output_names: list[str] | None = None, opset: int = 18):
+    """``net`` exported by PyTorch's ``torch.export``-based exporter as an ONNX ``ModelProto``: float32
+    whatever the caller's autocast, a dynamic batch axis, the exporter's chatter silenced. Shared by
+    ``igkd export`` (:mod:`igkd.deploy.export`) and :class:`OrtTeacher`; exporter errors propagate."""
+    import contextlib
+    import io
+    import warnings
+
+    x = torch.zeros((2, *sample_shape))  # batch 2: batch 1 would be specialised as a constant
+    with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(),
+          torch.autocast("cpu", enabled=False)):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (x,), input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                    opset_version=opset, optimize=True, verbose=False)
+    return program.model_proto
+
+
+def ort_session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime's session options as igkd uses them: all graph optimisations, ``threads`` intra-op
+    threads (default: PyTorch's), one inter-op thread, quiet. ``spin=False`` stops the threads from
+    busy-waiting after a run (for a session that shares the cores with PyTorch work in between)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OrtTeacher:
     """A frozen teacher run by ONNX Runtime on the CPU: ``(logits, tap output or None)`` of a float32 batch.
 
@@ -127,10 +162,6 @@ class OrtTeacher:
 
     def __init__(self, model: nn.Module, tap: str | None, sample_shape: tuple[int, ...],
                  threads: int | None = None):
-        import contextlib
-        import io
-        import warnings
-
         import onnxruntime as ort
 
         from . import state_dict_hash
@@ -139,25 +170,13 @@ class OrtTeacher:
         if key not in _ONNX_CACHE:
             net = inference_copy(model, channels_last=False, device="cpu")
             net = _WithTap(net, tap) if tap else net
-            x = torch.zeros((2, *sample_shape))  # batch 2: batch 1 would be specialised as a constant
-            # float32 whatever the caller's autocast: the exported graph must not hold its casts
-            with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(),
-                  torch.autocast("cpu", enabled=False)):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(net, (x,), input_names=["input"], dynamo=True, verbose=False,
-                                            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=18,
-                                            optimize=True)
+            proto = onnx_model_proto(net, sample_shape, ["input"])
             if len(_ONNX_CACHE) >= 4:
                 _ONNX_CACHE.pop(next(iter(_ONNX_CACHE)))
-            _ONNX_CACHE[key] = program.model_proto.SerializeToString()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+            _ONNX_CACHE[key] = proto.SerializeToString()
         # No busy-waiting after a run: its threads would spin on the cores the student's step needs next.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(_ONNX_CACHE[key], options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(_ONNX_CACHE[key], ort_session_options(threads, spin=False),
+                                            providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.tap = tap
 
