@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import t as t_dist
 
-from igkd.experiments.stats import compare, compare_to_baseline, describe, paired_samples
+from igkd.experiments.stats import compare, compare_pairs, compare_to_baseline, describe, paired_samples
 
 # Student's (1908) sleep data: extra hours of sleep under two drugs, same 10 patients.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
@@ -276,6 +276,27 @@ def test_compare_to_baseline_errors():
         compare_to_baseline({"kd": B}, baseline="kd", paired=True)
     with pytest.raises(ValueError, match="ig_kd vs kd"):
         compare_to_baseline({"kd": B, "ig_kd": A[:-1]}, baseline="kd", paired=True)
+
+
+def test_compare_pairs_planned_contrasts_holm_across_pairs():
+    kd_plus = [b + 0.2 + 0.1 * (i % 3) for i, b in enumerate(B)]
+    samples = {"ig_kd": A, "kd": B, "kd_plus": kd_plus}
+    pairs = [("ig_kd", "kd"), ("ig_kd", "kd_plus"), ("kd_plus", "kd")]
+    res = compare_pairs(samples, pairs, paired=True)
+    assert [(r["method"], r["baseline"]) for r in res] == pairs
+    raw = [paired_t_by_hand(samples[a], samples[b])[2] for a, b in pairs]
+    assert [r["p"] for r in res] == pytest.approx(raw)
+    assert [r["p_holm"] for r in res] == pytest.approx(holm_by_hand(raw))
+    diffs = [np.mean(np.subtract(samples[a], samples[b])) for a, b in pairs]
+    assert [r["mean_diff"] for r in res] == pytest.approx(diffs)
+    # against one baseline, the same numbers as compare_to_baseline
+    one = compare_pairs(samples, [("ig_kd", "kd"), ("kd_plus", "kd")], paired=True)
+    base = compare_to_baseline(samples, baseline="kd", paired=True)
+    assert [r["p_holm"] for r in one] == pytest.approx([r["p_holm"] for r in base])
+    with pytest.raises(ValueError, match="gradcam"):
+        compare_pairs(samples, [("ig_kd", "gradcam")], paired=True)
+    with pytest.raises(ValueError, match="no comparison"):
+        compare_pairs(samples, [], paired=True)
 
 
 # --- paired_samples -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from scipy import stats
 from statsmodels.stats.diagnostic import lilliefors
 from statsmodels.stats.multitest import multipletests
 
-__all__ = ["compare", "compare_to_baseline", "describe", "paired_samples"]
+__all__ = ["compare", "compare_pairs", "compare_to_baseline", "describe", "paired_samples"]
 
 _NAN = float("nan")
 # Lilliefors' tables start at n = 4; below that the test is not defined.
@@ -241,14 +241,32 @@ def compare_to_baseline(
     Each result also carries ``method``, ``baseline``, ``p_holm``, ``nonparametric_p_holm`` and
     ``significant`` (``p_holm < alpha``).
     """
-    alpha = _check_level(alpha, "alpha")
     if baseline not in samples:
         raise ValueError(f"baseline {baseline!r} not among the methods {list(samples)}")
     methods = [m for m in samples if m != baseline]
     if not methods:
         raise ValueError("no method other than the baseline to compare")
+    return compare_pairs(samples, [(m, baseline) for m in methods], paired, confidence, alpha)
+
+
+def compare_pairs(
+    samples: Mapping[str, Sequence[float]],
+    pairs: Sequence[tuple[str, str]],
+    paired: bool,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> list[dict]:
+    """``compare`` each ``(method, baseline)`` pair (planned contrasts: difference = method - baseline)
+    and Holm-correct the p-values across the pairs. Each result carries the fields of
+    ``compare_to_baseline``'s."""
+    alpha = _check_level(alpha, "alpha")
+    if not pairs:
+        raise ValueError("no comparison asked for")
+    absent = sorted({m for pair in pairs for m in pair if m not in samples})
+    if absent:
+        raise ValueError(f"{', '.join(absent)} not among the methods with runs ({', '.join(samples)})")
     results = []
-    for method in methods:
+    for method, baseline in pairs:
         try:
             res = compare(samples[method], samples[baseline], paired=paired, confidence=confidence)
         except ValueError as exc:
