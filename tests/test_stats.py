@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import t as t_dist
 
-from igkd.experiments.stats import compare, compare_pairs, compare_to_baseline, describe, paired_samples
+from igkd.experiments.stats import (
+    compare,
+    compare_pairs,
+    compare_to_baseline,
+    describe,
+    paired_samples,
+)
 
 # Student's (1908) sleep data: extra hours of sleep under two drugs, same 10 patients.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]

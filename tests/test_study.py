@@ -14,7 +14,7 @@ import torch
 from igkd.cli import main
 from igkd.data.control_maps import derangement, noise_maps, unrelated_maps
 from igkd.errors import ConfigError
-from igkd.experiments.study import Arm, StudyPlan, parse_depths
+from igkd.experiments.study import Arm, StudyPlan, parse_contrasts, parse_depths
 
 from .conftest import FASHION_MNIST, require
 
@@ -166,3 +166,19 @@ def test_plans_and_arms_are_checked_up_front():
     assert paired.seed_of(Arm.parse("student"), 5, 1) == paired.seed_of(Arm.parse("kd"), 5, 1)
     unpaired = StudyPlan("montecarlo", ["student", "kd"], 3, [5], paired=False)
     assert unpaired.seed_of(Arm.parse("student"), 5, 1) != unpaired.seed_of(Arm.parse("kd"), 5, 1)
+
+
+def test_planned_contrasts_are_parsed_and_checked_against_the_methods():
+    pairs = parse_contrasts(" kd_ig-kd , kd_ig-kd_ig+noise_maps,")
+    assert pairs == [("kd_ig", "kd"), ("kd_ig", "kd_ig+noise_maps")]
+    assert parse_contrasts(None) == [] and parse_contrasts("") == []
+    methods = ["student", "kd", "kd_ig", "kd_ig+noise_maps"]
+    assert StudyPlan("montecarlo", methods, 2, [5], contrasts=pairs).contrasts == pairs
+    with pytest.raises(ConfigError, match="A-B pairs"):
+        parse_contrasts("kd_ig")
+    with pytest.raises(ConfigError, match="A-B pairs"):
+        parse_contrasts("kd_ig-kd-student")
+    with pytest.raises(ConfigError, match="gradcam_maps not among"):
+        StudyPlan("montecarlo", methods, 2, [5], contrasts=[("kd_ig", "kd_ig+gradcam_maps")])
+    with pytest.raises(ConfigError, match="with itself"):
+        StudyPlan("montecarlo", methods, 2, [5], contrasts=[("kd", "kd")])

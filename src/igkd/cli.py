@@ -90,12 +90,13 @@ def cmd_evaluate(args) -> None:
 
 def _study(args, kind: str, depths: list[int] | None) -> None:
     from .experiments.report import write_report
-    from .experiments.study import StudyPlan, run_study
+    from .experiments.study import StudyPlan, parse_contrasts, run_study
 
     cfg = _config(args)
     depths = depths or [cfg.student.remove_blocks]
     plan = StudyPlan(kind, [m.strip() for m in args.methods.split(",") if m.strip()], args.runs, depths,
-                     paired=not args.unpaired, train_fraction=args.fraction, seed=args.seed)
+                     paired=not args.unpaired, train_fraction=args.fraction, seed=args.seed,
+                     contrasts=parse_contrasts(args.contrasts))
     rows = run_study(cfg, plan, args.out, workers=args.workers, threads_per_run=args.threads_per_run,
                      address=args.address)
     html, md = write_report(args.out)
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="give every run its own seed (default: run i of every method shares seed, "
                        "subset, initialisation and augmentation draws)")
         p.add_argument("--seed", type=int, default=0, help="the study's seed; every run's seed derives from it")
+        p.add_argument("--contrasts", default=None, metavar="A-B,...",
+                       help="planned comparisons, each method A minus method B (e.g. kd_ig-kd,"
+                       "kd_ig-kd_ig+noise_maps), Holm-adjusted together; default: each method against student")
         p.add_argument("--workers", type=int, default=None,
                        help="parallel runs on a local Ray instance (default: as many as the CPUs allow); "
                        "1 runs them one by one in this process, without Ray")

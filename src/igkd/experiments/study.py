@@ -117,6 +117,9 @@ class StudyPlan:
     train_fraction: float | None = None  # None: the config's train.subset_fraction if below 1, else 0.8 (the paper's)
     seed: int = 0
     baseline: str = field(default="")
+    # Planned contrasts (method, baseline), each tested as method - baseline with Holm across them; none:
+    # every method against the baseline. Reported only: they change no run.
+    contrasts: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in ("montecarlo", "sweep"):
@@ -136,6 +139,7 @@ class StudyPlan:
                 raise ConfigError(f"remove_blocks {k} out of range 1..{NUM_FEATURE_MODULES - 1}")
         if not self.baseline:
             self.baseline = "student" if "student" in self.methods else self.methods[0]
+        check_contrasts(self.contrasts, self.methods)
 
     @property
     def arms(self) -> list[Arm]:
@@ -160,6 +164,31 @@ class Job:
         cfg.student.remove_blocks = self.remove_blocks
         cfg.train.seed = self.seed
         return cfg
+
+
+def parse_contrasts(text: str | None) -> list[tuple[str, str]]:
+    """``A-B,C-D`` (each: method A minus method B) as pairs; None or empty: none."""
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        parts = [p.strip() for p in item.split("-")]
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--contrasts takes A-B pairs (method A minus method B) separated by commas, "
+                              f"like kd_ig-kd,kd_ig-kd_ig+noise_maps; got {item.strip()!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def check_contrasts(pairs, methods: list[str]) -> None:
+    """Refuse a contrast that names a method outside ``methods``, or one method twice."""
+    for a, b in pairs:
+        absent = [m for m in (a, b) if m not in methods]
+        if absent:
+            raise ConfigError(f"contrast {a}-{b}: {', '.join(absent)} not among the study's methods "
+                              f"({', '.join(methods)})")
+        if a == b:
+            raise ConfigError(f"contrast {a}-{b} compares a method with itself")
 
 
 def parse_depths(text: str) -> list[int]:
@@ -319,7 +348,8 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
     """Write study.json, or check that the study already in ``out`` is this one."""
     record = {"kind": plan.kind, "plan": asdict(plan), "methods": plan.methods, "runs": plan.runs,
               "remove_blocks": plan.remove_blocks, "paired": plan.paired, "train_fraction": plan.train_fraction,
-              "baseline": plan.baseline, "dataset": cfg.data.name, "config": cfg.to_dict()}
+              "baseline": plan.baseline, "contrasts": [list(c) for c in plan.contrasts],
+              "dataset": cfg.data.name, "config": cfg.to_dict()}
     old = read_study(out)
     if old:
         try:  # a config saved by an older igkd gains the defaults of keys added since
