@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..fileio import tensor_bytes
-from .complexity import compression_factor, count_macs, count_parameters
+from .complexity import compression_factor, count_flops, count_macs, count_parameters
 from .mobilenet import (
     AUTO,
     CIFAR_STRIDES,
@@ -91,6 +91,7 @@ __all__ = [
     "check_input",
     "cifar_mobilenet_v2",
     "compression_factor",
+    "count_flops",
     "count_macs",
     "count_parameters",
     "create_model",
