@@ -25,7 +25,8 @@ def test_layers_and_no_cycles_hold():
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
     # A copy of the package where models needs the config again (the cycle this contract was written against).
-    shutil.copytree(ROOT / "src" / "igkd", tmp_path / "src" / "igkd", ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
+    shutil.copytree(ROOT / "src" / "igkd", tmp_path / "src" / "igkd",
+                    ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     complexity = tmp_path / "src" / "igkd" / "models" / "complexity.py"
     complexity.write_text(complexity.read_text() + "\n\ndef _config():\n    from ..config import Config\n\n"

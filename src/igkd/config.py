@@ -80,6 +80,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 Strides = Annotated[list[Literal[1, 2]], Field(min_length=5, max_length=5)]
 Side = Annotated[int, Field(ge=1, le=8192)]
 ModuleName = Annotated[str, Field(min_length=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$"), Allowed("auto, cpu, cuda or cuda:N")]
 
 
 class DataConfig(BaseModel):
@@ -272,7 +273,7 @@ class TrainConfig(BaseModel):
     subset_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         1.0, description="train on a fresh stratified fraction of the training split, drawn from seed")
     seed: int = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$"), Allowed("auto, cpu, cuda or cuda:N")] = "auto"
+    device: Device = "auto"
     threads: Annotated[int | None, Field(ge=1)] = None
     checkpoint_every: Annotated[int, Field(ge=0), Hint("steps; 0: per epoch")] = Field(
         0, description="also checkpoint every N steps within an epoch (0: after each epoch only)")
