@@ -33,6 +33,8 @@ from .models import (
     STUDENT_KINDS,
     is_family,
     model_name_problem,
+    resolved_kind,
+    student_kind,
     student_spec,
 )
 from .models.inference import TEACHER_RUNTIMES
@@ -152,11 +154,6 @@ class StudentConfig(BaseModel):
         _arch_problem("student.arch", name)
         return name
 
-    @property
-    def resolved_kind(self) -> str:
-        """``arch`` whenever ``arch`` is set, else ``kind``."""
-        return "arch" if self.arch is not None else self.kind
-
     @model_validator(mode="after")
     def _kind_decides(self) -> StudentConfig:
         """arch goes with kind=arch; width, strides and budget with kind=scaled."""
@@ -164,7 +161,7 @@ class StudentConfig(BaseModel):
             _refuse("student.arch", None, "a model name when student.kind=arch")
         if self.arch is not None and self.kind == "scaled":
             _refuse("student.arch", self.arch, "null when student.kind=scaled")
-        scaled, only_scaled = self.resolved_kind == "scaled", "null unless student.kind=scaled"
+        scaled, only_scaled = resolved_kind(self) == "scaled", "null unless student.kind=scaled"
         if self.width_mult is not None and not (scaled and self.width_mult > 0):
             _refuse("student.width_mult", self.width_mult, "> 0" if scaled else only_scaled)
         if self.width_mult is not None and self.budget_macs is not None:
@@ -303,7 +300,7 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _truncated_needs_the_family(self) -> Config:
         """student.kind=truncated cuts the student from a cifar_mobilenet_v2 teacher."""
-        if not is_family(self.teacher.arch) and self.student.resolved_kind == "truncated":
+        if not is_family(self.teacher.arch) and student_kind(self) == "truncated":
             _refuse("student.kind", self.student.kind,
                     f"scaled or arch: a truncated student is cut from a cifar_mobilenet_v2 teacher, not "
                     f"{self.teacher.arch}; set student.arch=NAME (e.g. mobilenet_v3_small)")
@@ -316,7 +313,7 @@ class Config(BaseModel):
         if at is not None and at >= NUM_FEATURE_MODULES - k:
             _refuse("distill.at_layer", at, f"null or a feature module the student keeps "
                     f"(0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})")
-        if at is not None and self.student.resolved_kind == "arch":
+        if at is not None and student_kind(self) == "arch":
             _refuse("distill.at_layer", at, "null for a student.arch student: name its module with "
                     "distill.at_student_layer")
         return self

@@ -141,9 +141,15 @@ def width_for_macs(budget_macs: float, strides: tuple[int, ...], remove_blocks: 
     return width
 
 
+def resolved_kind(student: Any) -> str:
+    """The kind of the student a config's ``student`` section describes: ``arch`` whenever its ``arch`` is
+    set, else its ``kind``."""
+    return "arch" if student.arch is not None else student.kind
+
+
 def student_kind(cfg: StudentChoice) -> str:
     """The student's kind: ``arch`` whenever ``student.arch`` is set, else ``student.kind``."""
-    return "arch" if cfg.student.arch is not None else cfg.student.kind
+    return resolved_kind(cfg.student)
 
 
 def scaled_strides(cfg: StudentChoice, input_shape: Sequence[int]) -> tuple[int, ...]:
