@@ -1,7 +1,10 @@
-import pytest
+import json
 
-from igkd.cli import resolve_config_path
-from igkd.config import load_config
+import pytest
+import yaml
+
+from igkd.cli import PRESETS, main, resolve_config_path
+from igkd.config import Config, config_from_dict, load_config
 from igkd.errors import ConfigError
 
 
@@ -48,3 +51,87 @@ def test_yaml_tags_are_not_executed(tmp_path):
     p.write_text("train: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+# Digests of the presets (all sections, and the teacher's), computed on main before the config was declared with
+# pydantic: run directories, stores and studies are keyed by them.
+PRESET_DIGESTS = {
+    "cpu-converged-fashion-mnist": ("fc03cc62d569", "0db6e8f62ccb"),
+    "cpu-fashion-mnist": ("f54f4136264f", "7eaef74c2a05"),
+    "cpu-study-fashion-mnist": ("c3032dc9f103", "d6dbe03821a7"),
+    "demo-fashion-mnist": ("f5939e3d597e", "4a37a180b93c"),
+    "paper-cifar10": ("93a1a59285fc", "b72e2bdf3cd3"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_DIGESTS))
+def test_preset_digests_are_unchanged(preset):
+    cfg = load_config(resolve_config_path(preset))
+    assert (cfg.digest(), cfg.digest("data", "teacher")) == PRESET_DIGESTS[preset]
+
+
+def test_override_digests_are_unchanged():
+    # ints given for floats are stored as floats, [H, W] and strides stay lists: the digest is the old one
+    cfg = load_config(resolve_config_path("cpu-fashion-mnist"), [
+        "train.lr=1", "data.image_size=[32,48]", "teacher.strides=[1,1,2,2,2]", "student.kind=scaled",
+        "student.width_mult=1", "augment.power_range=[1,3]", "distill.alpha=0", "train.sync_bn=true"])
+    assert (cfg.digest(), cfg.digest("train")) == ("3e183be7f51d", "a259041cf66f")
+    assert isinstance(cfg.train.lr, float) and isinstance(cfg.student.width_mult, float)
+    assert Config().digest() == "ac52cf6887e1"
+    assert config_from_dict(cfg.to_dict()).digest() == cfg.digest()
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_schema_validates_every_preset_and_refuses_bad_files(capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    code, out, _ = _cli(capsys, "config", "--schema")
+    schema = json.loads(out)
+    assert code == 0
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    presets = sorted(PRESETS.glob("*.yaml"))
+    assert len(presets) >= 5
+    for path in presets:
+        data = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(data)), path.name
+        # and what `igkd config` resolves from it (every key present) too
+        assert not list(validator.iter_errors(load_config(path).to_dict())), path.name
+    paper = yaml.safe_load((PRESETS / "paper-cifar10.yaml").read_text())
+    for section, key, bad in [("train", "epochs", 0), ("train", "epoch", 5), ("distill", "method", "kd_xx"),
+                              ("teacher", "strides", [1, 1, 3, 2, 2]), ("train", "device", "gpu"),
+                              ("augment", "overlay_p", 1.5), ("train", "epochs", True)]:
+        broken = {**paper, section: {**paper.get(section, {}), key: bad}}
+        assert list(validator.iter_errors(broken)), (section, key, bad)
+        with pytest.raises(ConfigError, match=f"{section}.{key}"):
+            config_from_dict(broken)
+
+
+def test_config_command_prints_the_resolved_config(capsys):
+    code, out, _ = _cli(capsys, "config", "-c", "paper-cifar10", "--set", "train.epochs=3")
+    resolved = yaml.safe_load(out)
+    assert code == 0 and resolved["train"]["epochs"] == 3 and resolved["teacher"]["strides"] == [1, 1, 2, 2, 2]
+    assert set(resolved) == set(Config.model_fields) and resolved["teacher_train"]["epochs"] == 200  # from the file
+    assert config_from_dict(resolved).to_dict() == resolved
+    code, _, err = _cli(capsys, "config", "-c", "paper-cifar10", "--set", "train.epochs=0")
+    assert code == 2 and err.count("\n") == 1 and "bad value for train.epochs: 0 (allowed: >= 1)" in err
+
+
+def test_each_key_says_what_it_allows():
+    # the error line's "allowed" comes from the declaration: bounds, choices, null
+    for override, line in [
+        ("ig.smoothgrad_noise=0", "bad value for ig.smoothgrad_noise: 0 (allowed: in (0, 1] (the noise sd"),
+        ("data.val_fraction=1", "bad value for data.val_fraction: 1 (allowed: in [0, 1))"),
+        ("ig.batch_size=0", "bad value for ig.batch_size: 0 (allowed: >= 1 or null)"),
+        ("train.schedule=step", "bad value for train.schedule: 'step' (allowed: one of constant, cosine)"),
+        ("train.epochs=1.5", "bad value for train.epochs: 1.5 (expected int)"),
+        ("train.batch_size=1", "bad value for train.batch_size: 1 (allowed: >= 2 (batch norm))"),
+        ("train=5", "section train must be a mapping, got 5"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert str(e.value).startswith(line), (override, str(e.value))

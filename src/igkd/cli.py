@@ -141,8 +141,19 @@ def cmd_report(args) -> None:
     print(f"report: {html} (open in a browser) and {md}")
 
 
+def cmd_config(args) -> None:
+    import json
+
+    from .config import dump_config, json_schema
+
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2))
+    else:
+        print(dump_config(_config(args)), end="")
+
+
 def cmd_compression_table(args) -> None:
-    from .reporting import compression_table
+    from .evaluate import compression_table
 
     print(compression_table(_config(args)))
 
@@ -321,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("config", help="the resolved config as YAML (defaults, file, --set), or with --schema the "
+                       "JSON Schema of a config file, for editors")
+    _add_config_args(p)
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema instead")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("compression-table", help="parameters, compression factor and MACs per student depth")
     _add_config_args(p, default="paper-cifar10")

@@ -1,139 +1,333 @@
-"""Typed configuration: dataclasses, YAML via ``yaml.safe_load``, ``--set a.b=value`` overrides.
+"""Typed configuration, declared with pydantic: YAML via ``yaml.safe_load``, ``--set a.b=value`` overrides.
 
-An unknown key or a value of the wrong type is a :class:`ConfigError` that names it.
+Each key's type, range and choices sit beside it; rules that relate keys are model validators beside
+those keys. The lists of choices are imported from the modules that own them, all below this one.
+The declaration gives the checks, the one-line errors (key, value, what is allowed) and the JSON
+Schema (``igkd config --schema``). An unknown key or a bad value is a :class:`ConfigError` naming it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
+from .attribution.identity import BASELINES
+from .attribution.ig import SUPPORTED_METHODS
+from .attribution.saliency import ATTRIBUTIONS
+from .attribution.store import DTYPES
+from .data.catalog import DATASETS, KNOWN_DATASETS, known_image_shape
 from .data.control_maps import MAP_SOURCES
 from .errors import ConfigError
+from .models import (
+    ARCH_HELP,
+    NUM_FEATURE_MODULES,
+    STUDENT_KINDS,
+    is_family,
+    model_name_problem,
+    resolved_kind,
+    student_kind,
+    student_spec,
+)
+from .models.inference import TEACHER_RUNTIMES
+from .utils import AMP_MODES
 
 METHODS = ("student", "kd", "ig", "at", "kd_ig", "kd_at", "ig_at", "kd_ig_at")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+IG_DTYPES = tuple(DTYPES)
 
 
-@dataclass
-class DataConfig:
-    name: str = "cifar10"  # cifar10 | fashion_mnist | npz | image_folder
-    root: str | None = None  # folder (or .npz file); None searches the usual places
+@dataclass(frozen=True)
+class Allowed:
+    """A key's allowed values in words, where its type and bounds alone do not say it well."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Why a bound is what it is, appended to the allowed values in an error."""
+
+    text: str
+
+
+def _refuse(key: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
+
+
+def _arch_problem(key: str, name: str | None) -> None:
+    problem = model_name_problem(name) if name is not None else None
+    if problem is not None:
+        _refuse(key, name, f"{ARCH_HELP}; {problem}")
+
+
+def _one_of(values) -> str:
+    return "one of " + ", ".join(str(v) for v in values)
+
+
+def _choice(values: tuple) -> Any:
+    return Literal[values]  # Literal[("a", "b")] is Literal["a", "b"]
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+Strides = Annotated[list[Literal[1, 2]], Field(min_length=5, max_length=5)]
+Side = Annotated[int, Field(ge=1, le=8192)]
+ModuleName = Annotated[str, Field(min_length=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$"), Allowed("auto, cpu, cuda or cuda:N")]
+
+
+class DataConfig(BaseModel):
+    model_config = _STRICT
+    name: _choice(KNOWN_DATASETS) = "cifar10"
+    root: str | None = Field(None, description="folder (or .npz file); null searches the usual places")
     download: bool = False
-    train_size: int | None = None  # stratified subset of the training set; None = all of it
-    test_size: int | None = None
-    subset_seed: int = 0  # fixes the subset, so teacher, IG store and students share it
-    val_fraction: float = 0.0  # stratified hold-out from the training set, drawn from train.seed
-    image_size: int | list[int] | None = None  # resize every image to this side or [H, W] on load; None = as stored
+    train_size: Annotated[int | None, Field(ge=1)] = Field(
+        None, description="stratified subset of the training set; null = all of it")
+    test_size: Annotated[int | None, Field(ge=1)] = None
+    subset_seed: int = Field(0, description="fixes the subset, so teacher, IG store and students share it")
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0, description="stratified hold-out from the training set, drawn from train.seed")
+    image_size: Annotated[Side | Annotated[list[Side], Field(min_length=1, max_length=2)] | None,
+                          Allowed("a side, or [height, width], each in 1..8192, or null")] = Field(
+        None, description="resize every image to this side or [H, W] on load; null = as stored")
 
 
-@dataclass
-class TeacherConfig:
-    arch: str = "cifar_mobilenet_v2"  # or a torchvision classification model name, or timm:<name>
-    width_mult: float = 1.0  # width_mult, strides and dropout shape cifar_mobilenet_v2 only
-    strides: list[int] | str = "auto"  # five values, each 1 or 2, or auto: chosen from the image size
-    dropout: float = 0.2
-    checkpoint: str | None = None  # a state dict to load; None = train one with `igkd train-teacher`
+class TeacherConfig(BaseModel):
+    model_config = _STRICT
+    arch: Annotated[str, Allowed(ARCH_HELP)] = Field(
+        "cifar_mobilenet_v2", description="cifar_mobilenet_v2, a torchvision classification model name, "
+        "or timm:<name>")
+    width_mult: Annotated[float, Field(gt=0)] = Field(1.0, description="shapes cifar_mobilenet_v2 only")
+    strides: Annotated[Literal["auto"] | Strides, Allowed("auto, or five values, each 1 or 2")] = Field(
+        "auto", description="cifar_mobilenet_v2 only: five values, each 1 or 2, or auto: chosen from the "
+        "image size")
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.2, description="cifar_mobilenet_v2 only")
+    checkpoint: str | None = Field(
+        None, description="a state dict to load; null = train one with `igkd train-teacher`")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, name: str) -> str:
+        _arch_problem("teacher.arch", name)
+        return name
+
+    @model_validator(mode="after")
+    def _family_only(self) -> TeacherConfig:
+        """width_mult, strides and dropout shape cifar_mobilenet_v2; another arch must leave them alone."""
+        if not is_family(self.arch):
+            for key, default in (("width_mult", 1.0), ("strides", "auto"), ("dropout", 0.2)):
+                if getattr(self, key) != default:
+                    _refuse(f"teacher.{key}", getattr(self, key),
+                            f"{default}: it shapes cifar_mobilenet_v2 only, not teacher.arch={self.arch}")
+        return self
 
 
-@dataclass
-class StudentConfig:
-    remove_blocks: int = 5  # k: the last k of the 19 feature modules are removed
-    kind: str = "truncated"  # truncated: the teacher's layers | scaled: a MobileNetV2 of its own width/strides
-    width_mult: float | None = None  # scaled: None = the teacher's (or chosen by budget_macs)
-    strides: list[int] | str | None = None  # scaled: five values, each 1 or 2, or auto; None = the teacher's
-    budget_macs: float | None = None  # scaled: the widest width doing at most this many multiply-adds per image
-    arch: str | None = None  # a model name (as teacher.arch): the student is that network, built fresh (kind arch)
+class StudentConfig(BaseModel):
+    model_config = _STRICT
+    remove_blocks: Annotated[int, Field(ge=1, lt=NUM_FEATURE_MODULES),
+                             Allowed(f"in 1..{NUM_FEATURE_MODULES - 1}")] = Field(
+        5, description="k: the last k of the 19 feature modules are removed")
+    kind: _choice(STUDENT_KINDS) = Field(
+        "truncated", description="truncated: the teacher's layers | scaled: a MobileNetV2 of its own "
+        "width/strides | arch: student.arch, built fresh")
+    width_mult: float | None = Field(
+        None, description="scaled: null = the teacher's (or chosen by budget_macs)")
+    strides: Annotated[Literal["auto"] | Strides | None, Allowed("auto, five values, each 1 or 2, or null")] = Field(
+        None, description="scaled: five values, each 1 or 2, or auto; null = the teacher's")
+    budget_macs: float | None = Field(
+        None, description="scaled: the widest width doing at most this many multiply-adds per image")
+    arch: str | None = Field(
+        None, description="a model name (as teacher.arch): the student is that network, built fresh")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, name: str | None) -> str | None:
+        _arch_problem("student.arch", name)
+        return name
+
+    @model_validator(mode="after")
+    def _kind_decides(self) -> StudentConfig:
+        """arch goes with kind=arch; width, strides and budget with kind=scaled."""
+        if self.arch is None and self.kind == "arch":
+            _refuse("student.arch", None, "a model name when student.kind=arch")
+        if self.arch is not None and self.kind == "scaled":
+            _refuse("student.arch", self.arch, "null when student.kind=scaled")
+        scaled, only_scaled = resolved_kind(self) == "scaled", "null unless student.kind=scaled"
+        if self.width_mult is not None and not (scaled and self.width_mult > 0):
+            _refuse("student.width_mult", self.width_mult, "> 0" if scaled else only_scaled)
+        if self.width_mult is not None and self.budget_macs is not None:
+            _refuse("student.width_mult", self.width_mult,
+                    "null when student.budget_macs is set: the budget chooses the width")
+        if self.strides is not None and not scaled:
+            _refuse("student.strides", self.strides, only_scaled)
+        if self.budget_macs is not None and not (scaled and self.budget_macs >= 1):
+            _refuse("student.budget_macs", self.budget_macs, ">= 1 or null" if scaled else only_scaled)
+        return self
 
 
-@dataclass
-class IGConfig:
-    n_steps: int = 50
-    method: str = "gausslegendre"
-    baseline: str = "zeros-normalized"  # the paper's: zero in normalised space = the mean colour
-    dtype: str = "float16"  # each map is stored divided by its maximum; float32 for more mantissa
-    batch_size: int | None = None  # images per IG call; None = chosen automatically
-    chunk_size: int | None = None  # images per resumable chunk of the store; None = 256 on CPU, 2048 on GPU
-    fold_bn: bool = True  # batch norm folded into the convolutions for the IG passes (float32 rounding only)
-    channels_last: bool = True  # channels-last memory for the IG passes (together with fold_bn ~2x on CPU)
-    store: str | None = None  # the store folder; None = <cache_dir>/<name from dataset, teacher, settings>
-    cache_dir: str | None = None  # where named stores go; None = $IGKD_CACHE/ig (~/.cache/igkd/ig)
-    # The maps' source: igkd's integrated gradients, or a Captum source (igkd.attribution.saliency)
-    attribution: str = "integrated_gradients"  # | saliency | input_x_gradient | smoothgrad | gradcam
-    smoothgrad_samples: int = 50  # noisy copies per image (Smilkov et al. 2017: 50)
-    smoothgrad_noise: float = 0.15  # noise sd as a fraction of the input range (Smilkov et al.: 0.1-0.2)
-    smoothgrad_seed: int = 0  # each image's noise is drawn from this and its dataset position
-    gradcam_layer: str | None = None  # None = the last convolutional block (features.18 of cifar_mobilenet_v2)
+class IGConfig(BaseModel):
+    model_config = _STRICT
+    n_steps: Annotated[int, Field(ge=1), Allowed(">= 1 (>= 2 for Riemann methods)")] = 50
+    method: _choice(SUPPORTED_METHODS) = "gausslegendre"
+    baseline: _choice(tuple(BASELINES)) = Field(
+        "zeros-normalized", description="the paper's: zero in normalised space = the mean colour")
+    dtype: _choice(IG_DTYPES) = Field(
+        "float16", description="each map is stored divided by its maximum; float32 for more mantissa")
+    batch_size: Annotated[int | None, Field(ge=1)] = Field(
+        None, description="images per IG call; null = chosen automatically")
+    chunk_size: Annotated[int | None, Field(ge=1)] = Field(
+        None, description="images per resumable chunk of the store; null = 256 on CPU, 2048 on GPU")
+    fold_bn: bool = Field(
+        True, description="batch norm folded into the convolutions for the IG passes (float32 rounding only)")
+    channels_last: bool = Field(
+        True, description="channels-last memory for the IG passes (together with fold_bn ~2x on CPU)")
+    store: str | None = Field(
+        None, description="the store folder; null = <cache_dir>/<name from dataset, teacher, settings>")
+    cache_dir: str | None = Field(
+        None, description="where named stores go; null = $IGKD_CACHE/ig (~/.cache/igkd/ig)")
+    attribution: _choice(ATTRIBUTIONS) = Field(
+        "integrated_gradients", description="the maps' source: igkd's integrated gradients, or a Captum "
+        "source (igkd.attribution.saliency)")
+    smoothgrad_samples: Annotated[int, Field(ge=1)] = Field(
+        50, description="noisy copies per image (Smilkov et al. 2017: 50)")
+    smoothgrad_noise: Annotated[float, Field(gt=0, le=1), Hint("the noise sd as a fraction of the input range")] = (
+        Field(0.15, description="noise sd as a fraction of the input range (Smilkov et al.: 0.1-0.2)"))
+    smoothgrad_seed: int = Field(0, description="each image's noise is drawn from this and its dataset position")
+    gradcam_layer: Annotated[ModuleName | None, Allowed("a module name of the teacher, or null")] = Field(
+        None, description="null = the last convolutional block (features.18 of cifar_mobilenet_v2)")
+
+    @model_validator(mode="after")
+    def _steps_for_method(self) -> IGConfig:
+        if self.method != "gausslegendre" and self.n_steps < 2:
+            _refuse("ig.n_steps", self.n_steps, ">= 1 (>= 2 for Riemann methods)")
+        return self
 
 
-@dataclass
-class AugmentConfig:
-    crop_padding: int = 4
+class AugmentConfig(BaseModel):
+    model_config = _STRICT
+    crop_padding: Annotated[int, Field(ge=0)] = 4
     flip: bool = True
-    overlay_p: float = 0.1
-    power_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
-    mix: float = 0.5
-    maps: str = "ig"  # the overlay's maps: ig | unrelated (another image's IG map) | noise (controls)
+    overlay_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    power_range: Annotated[list[float], Field(min_length=2, max_length=2),
+                           Allowed("[lo, hi] with 0 < lo <= hi")] = Field(default_factory=lambda: [1.0, 2.0])
+    mix: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    maps: _choice(MAP_SOURCES) = Field(
+        "ig", description="the overlay's maps: ig | unrelated (another image's IG map) | noise (controls)")
+
+    @field_validator("power_range")
+    @classmethod
+    def _ordered(cls, value: list[float]) -> list[float]:
+        if not 0 < value[0] <= value[1]:
+            _refuse("augment.power_range", value, "[lo, hi] with 0 < lo <= hi")
+        return value
 
 
-@dataclass
-class DistillConfig:
-    method: str = "kd_ig"
-    alpha: float = 0.01  # weight of the KD term (torchdistill uses 1 - alpha)
-    temperature: float = 2.5
-    gamma: float = 0.8  # weight of the attention-transfer term
-    at_layer: int | None = None  # None = METHOD.md's rule features[19 // d]
-    at_student_layer: str | None = None  # AT by module name (any architecture); None = chosen by spatial size
-    at_teacher_layer: str | None = None  # None = the teacher's module of the nearest spatial size
-    # The teacher's forward in every step: auto = ONNX Runtime on the CPU where installed, else torch (an
-    # inference copy: BN folded, channels-last); eager = the module as it is. All within 1e-4 of eager.
-    teacher_runtime: str = "auto"  # auto | onnxruntime | torch | eager
+class DistillConfig(BaseModel):
+    model_config = _STRICT
+    method: _choice(METHODS) = "kd_ig"
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.01, description="weight of the KD term (torchdistill uses 1 - alpha)")
+    temperature: Annotated[float, Field(gt=0)] = 2.5
+    gamma: Annotated[float, Field(ge=0)] = Field(0.8, description="weight of the attention-transfer term")
+    at_layer: Annotated[int | None, Field(ge=0)] = Field(
+        None, description="a feature module the student keeps; null = METHOD.md's rule features[19 // d]")
+    at_student_layer: Annotated[ModuleName | None, Allowed("a module name or null")] = Field(
+        None, description="AT by module name (any architecture); null = chosen by spatial size")
+    at_teacher_layer: Annotated[ModuleName | None, Allowed("a module name or null")] = Field(
+        None, description="null = the teacher's module of the nearest spatial size")
+    teacher_runtime: _choice(TEACHER_RUNTIMES) = Field(
+        "auto", description="the teacher's forward in every step: auto = ONNX Runtime on the CPU where "
+        "installed, else torch (an inference copy: BN folded, channels-last); eager = the module as it is")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_at_layer(self) -> DistillConfig:
+        if self.at_layer is not None and self.at_student_layer is not None:
+            _refuse("distill.at_layer", self.at_layer,
+                    "null when distill.at_student_layer names the student's AT module")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+class TrainConfig(BaseModel):
+    model_config = _STRICT
+    epochs: Annotated[int, Field(ge=1)] = 100
+    batch_size: Annotated[int, Field(ge=2), Hint("batch norm")] = 64
+    optimizer: _choice(OPTIMIZERS) = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
     momentum: float = 0.9
-    schedule: str = "constant"  # constant | cosine
-    eval_batch_size: int = 128  # larger batches run up to 4x slower per image on a CPU (cache)
-    subset_fraction: float = 1.0  # train on a fresh stratified fraction of the training split, drawn from seed
+    schedule: _choice(SCHEDULES) = "constant"
+    eval_batch_size: Annotated[int, Field(ge=1)] = Field(
+        128, description="larger batches run up to 4x slower per image on a CPU (cache)")
+    subset_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        1.0, description="train on a fresh stratified fraction of the training split, drawn from seed")
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None
-    checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: after each epoch only)
-    deterministic: bool = False  # deterministic algorithms only (CUDA: slower; CPU results are already repeatable)
-    # The GPU fast path: each is an explicit choice, recorded; the defaults compute exactly as before.
-    amp: str = "none"  # none | bf16 | fp16: autocast of the training and evaluation forward (fp16 with a grad scaler)
-    channels_last: bool = False  # NHWC memory for the models and batches (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the training forward (student, teacher and losses together)
-    check_finite_every: int = 1  # loss checks: every step, before the update (1), every N steps, or at epoch end (0)
-    sync_bn: bool | None = None  # data-parallel: batch norm over the global batch; null = on CUDA (GPU-only in torch)
+    device: Device = "auto"
+    threads: Annotated[int | None, Field(ge=1)] = None
+    checkpoint_every: Annotated[int, Field(ge=0), Hint("steps; 0: per epoch")] = Field(
+        0, description="also checkpoint every N steps within an epoch (0: after each epoch only)")
+    deterministic: bool = Field(
+        False, description="deterministic algorithms only (CUDA: slower; CPU results are already repeatable)")
+    amp: _choice(AMP_MODES) = Field(
+        "none", description="autocast of the training and evaluation forward (fp16 with a grad scaler)")
+    channels_last: bool = Field(False, description="NHWC memory for the models and batches (faster on GPUs)")
+    compile: bool = Field(False, description="torch.compile the training forward (student, teacher and losses)")
+    check_finite_every: Annotated[int, Field(ge=0), Hint("steps; 0: at checkpoints and epoch ends only")] = Field(
+        1, description="loss checks: every step, before the update (1), every N steps, or at epoch end (0)")
+    sync_bn: bool | None = Field(
+        None, description="data-parallel: batch norm over the global batch; null = on CUDA (GPU-only in torch)")
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    ig: IGConfig = field(default_factory=IGConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="igkd config")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    ig: IGConfig = Field(default_factory=IGConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher_train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _truncated_needs_the_family(self) -> Config:
+        """student.kind=truncated cuts the student from a cifar_mobilenet_v2 teacher."""
+        if not is_family(self.teacher.arch) and student_kind(self) == "truncated":
+            _refuse("student.kind", self.student.kind,
+                    f"scaled or arch: a truncated student is cut from a cifar_mobilenet_v2 teacher, not "
+                    f"{self.teacher.arch}; set student.arch=NAME (e.g. mobilenet_v3_small)")
+        return self
+
+    @model_validator(mode="after")
+    def _at_layer_is_kept_by_the_student(self) -> Config:
+        """distill.at_layer names a feature module the student (student.remove_blocks) keeps."""
+        at, k = self.distill.at_layer, self.student.remove_blocks
+        if at is not None and at >= NUM_FEATURE_MODULES - k:
+            _refuse("distill.at_layer", at, f"null or a feature module the student keeps "
+                    f"(0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})")
+        if at is not None and student_kind(self) == "arch":
+            _refuse("distill.at_layer", at, "null for a student.arch student: name its module with "
+                    "distill.at_student_layer")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_can_be_met(self) -> Config:
+        """A MAC budget no student can meet is refused before anything runs, where the image shape is known."""
+        shape = known_image_shape(self.data.name, self.data.image_size)
+        if self.student.budget_macs is not None and shape is not None:
+            student_spec(self, shape, DATASETS[self.data.name].num_classes)  # raises ConfigError naming the key
+        return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def digest(self, *sections: str) -> str:
         """A short hash of the named sections (all when none), to tell runs and caches apart."""
@@ -143,203 +337,124 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _check_value(where: str, tp: Any, value: Any) -> Any:
-    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(where, arg, value)
-            except ConfigError:
-                pass
-        raise ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(tp)})")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"bad value for {where}: {value!r} (expected a list)")
-        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(tp)})")
+def json_schema() -> dict:
+    """The JSON Schema of a config file (editors complete and check YAML against it)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# ---- one line per error: key, value, what is allowed ----
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    tp = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return ", ".join(str(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+def _bounds_text(metadata: list) -> str:
+    b = {name: f"{getattr(m, name):g}" for m in metadata for name in ("ge", "gt", "le", "lt") if hasattr(m, name)}
+    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
+    hi = (b["le"], "]") if "le" in b else (b["lt"], ")") if "lt" in b else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    if lo:
+        return (">= " if lo[0] == "[" else "> ") + str(lo[1])
+    if hi:
+        return ("<= " if hi[1] == "]" else "< ") + str(hi[0])
+    return ""
+
+
+def _metadata(tp: Any) -> list:
+    """Every Annotated metadata item of ``tp`` and of the members of its unions."""
+    out = []
+    while typing.get_origin(tp) is Annotated:
+        out += list(tp.__metadata__)
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Annotated:
+                out += list(arg.__metadata__)
+    return out
+
+
+def allowed_text(info: FieldInfo) -> str:
+    """A key's allowed values in words, from its declaration."""
+    metadata = [*info.metadata, *_metadata(info.annotation)]
+    for m in metadata:
+        if isinstance(m, Allowed):
+            return m.text
+    tp = _unwrap(info.annotation)
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    optional = type(None) in args
+    args = tuple(_unwrap(a) for a in args if a is not type(None))
+    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        text = _one_of(typing.get_args(args[0]))
+    else:
+        text = _bounds_text(metadata) or _type_name(tp)
+    hints = [m.text for m in metadata if isinstance(m, Hint)]
+    return text + (" or null" if optional else "") + (f" ({hints[0]})" if hints else "")
+
+
+_TYPE_ERRORS = ("int_type", "float_type", "string_type", "bool_type", "list_type", "none_required",
+                "int_from_float", "float_parsing", "int_parsing", "bool_parsing")
+
+
+def _one_line(e: ValidationError, data: dict) -> ConfigError:
+    """The first problem of a pydantic error as one line: key, value, what is allowed."""
+    errors = e.errors(include_url=False)
+    loc = errors[0]["loc"]
+    if errors[0]["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        where, known = ".".join(map(str, loc)), Config.model_fields
+        if len(loc) > 1 and loc[0] in known:
+            known = typing.cast(type[BaseModel], known[loc[0]].annotation).model_fields
+        return ConfigError(f"unknown config key {where!r}; known here: {', '.join(sorted(known))}")
+    section = loc[0]
+    if len(loc) == 1:
+        return ConfigError(f"section {section} must be a mapping, got {data.get(section)!r}")
+    key = loc[1]
+    where = f"{section}.{key}"
+    info = typing.cast(type[BaseModel], Config.model_fields[section].annotation).model_fields[key]
+    value = data[section][key]
+    same = [x for x in errors if tuple(x["loc"][:2]) == (section, key)]
+    if all(x["type"] in _TYPE_ERRORS for x in same):
+        return ConfigError(f"bad value for {where}: {value!r} (expected {_type_name(info.annotation)})")
+    return ConfigError(f"bad value for {where}: {value!r} (allowed: {allowed_text(info)})")
+
+
+def _merge(into: dict, data: Any, prefix: str = "") -> None:
+    """Deep-merge ``data`` into ``into``: sections merge key by key, values replace."""
     if not isinstance(data, dict):
         raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key {where!r}; known here: {', '.join(sorted(names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, where + ".")
+        if not prefix and key in Config.model_fields and not isinstance(value, dict):
+            raise ConfigError(f"section {key} must be a mapping, got {value!r}")
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, f"{prefix}{key}.")
         else:
-            setattr(obj, key, _check_value(where, hints[key], value))
+            into[key] = value
 
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
-IG_DTYPES = ("float16", "float32")
-
-
-def _device_ok(name: str) -> bool:
-    if name in ("auto", "cpu", "cuda"):
-        return True
-    head, _, index = name.partition(":")
-    return head == "cuda" and index.isdigit()
-
-
-def _strides_ok(value) -> bool:
-    return value == "auto" or (isinstance(value, list) and len(value) == 5 and all(v in (1, 2) for v in value))
-
-
-def _image_size_ok(value) -> bool:
-    sides = [value] if isinstance(value, int) else value
-    return len(sides) in (1, 2) and all(1 <= v <= 8192 for v in sides)
-
-
-def _one_of(values) -> str:
-    return "one of " + ", ".join(str(v) for v in values)
-
-
-def _validate(cfg: Config) -> None:
-    """Every value checked against the lists owned by the code that uses it, before anything runs."""
-    # Imported here: the owners of these lists import the config module themselves.
-    from .attribution.identity import BASELINES
-    from .attribution.ig import SUPPORTED_METHODS
-    from .attribution.saliency import ATTRIBUTIONS
-    from .data.catalog import KNOWN_DATASETS
-    from .distill.trainer import AMP_MODES
-    from .models import (
-        ARCH_HELP,
-        NUM_FEATURE_MODULES,
-        STUDENT_KINDS,
-        is_family,
-        model_name_problem,
-        student_kind,
-    )
-    from .models.inference import TEACHER_RUNTIMES
-
-    d, t, ig, a, k = cfg.data, cfg.teacher, cfg.ig, cfg.augment, cfg.student.remove_blocks
-    s, kind, family = cfg.student, student_kind(cfg), is_family(t.arch)
-    scaled, dc = kind == "scaled", cfg.distill
-    only_scaled = "null unless student.kind=scaled"
-    not_family = f"{{}}: it shapes cifar_mobilenet_v2 only, not teacher.arch={t.arch}"
-
-    def arch_allowed(name: str | None) -> str:
-        problem = model_name_problem(name) if isinstance(name, str) else None
-        return ARCH_HELP + (f"; {problem}" if problem else "")
-    checks = [
-        ("data.name", d.name, d.name in KNOWN_DATASETS, _one_of(KNOWN_DATASETS)),
-        ("data.train_size", d.train_size, d.train_size is None or d.train_size >= 1, ">= 1 or null"),
-        ("data.test_size", d.test_size, d.test_size is None or d.test_size >= 1, ">= 1 or null"),
-        ("data.val_fraction", d.val_fraction, 0.0 <= d.val_fraction < 1.0, "in [0, 1)"),
-        ("data.image_size", d.image_size, d.image_size is None or _image_size_ok(d.image_size),
-         "a side, or [height, width], each in 1..8192, or null"),
-        ("teacher.arch", t.arch, model_name_problem(t.arch) is None, arch_allowed(t.arch)),
-        ("teacher.width_mult", t.width_mult, t.width_mult > 0, "> 0"),
-        ("teacher.width_mult", t.width_mult, family or t.width_mult == 1.0, not_family.format("1.0")),
-        ("teacher.strides", t.strides, _strides_ok(t.strides), "auto, or five values, each 1 or 2"),
-        ("teacher.strides", t.strides, family or t.strides == "auto", not_family.format("auto")),
-        ("teacher.dropout", t.dropout, 0.0 <= t.dropout < 1.0, "in [0, 1)"),
-        ("teacher.dropout", t.dropout, family or t.dropout == TeacherConfig.dropout, not_family.format("0.2")),
-        ("student.remove_blocks", k, 1 <= k < NUM_FEATURE_MODULES, f"in 1..{NUM_FEATURE_MODULES - 1}"),
-        ("student.kind", s.kind, s.kind in STUDENT_KINDS, _one_of(STUDENT_KINDS)),
-        ("student.arch", s.arch, s.arch is None or model_name_problem(s.arch) is None, arch_allowed(s.arch)),
-        ("student.arch", s.arch, s.arch is not None or s.kind != "arch", "a model name when student.kind=arch"),
-        ("student.arch", s.arch, s.arch is None or s.kind != "scaled", "null when student.kind=scaled"),
-        ("student.kind", s.kind, family or kind != "truncated",
-         f"scaled or arch: a truncated student is cut from a cifar_mobilenet_v2 teacher, not {t.arch}; "
-         "set student.arch=NAME (e.g. mobilenet_v3_small)"),
-        ("student.width_mult", s.width_mult, s.width_mult is None or (scaled and s.width_mult > 0),
-         "> 0" if scaled else only_scaled),
-        ("student.width_mult", s.width_mult, s.width_mult is None or s.budget_macs is None,
-         "null when student.budget_macs is set: the budget chooses the width"),
-        ("student.strides", s.strides, s.strides is None or (scaled and _strides_ok(s.strides)),
-         "auto, five values, each 1 or 2, or null" if scaled else only_scaled),
-        ("student.budget_macs", s.budget_macs, s.budget_macs is None or (scaled and s.budget_macs >= 1),
-         ">= 1 or null" if scaled else only_scaled),
-        ("ig.method", ig.method, ig.method in SUPPORTED_METHODS, _one_of(SUPPORTED_METHODS)),
-        ("ig.n_steps", ig.n_steps, ig.n_steps >= (1 if ig.method == "gausslegendre" else 2),
-         ">= 1 (>= 2 for Riemann methods)"),
-        ("ig.baseline", ig.baseline, ig.baseline in BASELINES, _one_of(BASELINES)),
-        ("ig.dtype", ig.dtype, ig.dtype in IG_DTYPES, _one_of(IG_DTYPES)),
-        ("ig.batch_size", ig.batch_size, ig.batch_size is None or ig.batch_size >= 1, ">= 1 or null"),
-        ("ig.chunk_size", ig.chunk_size, ig.chunk_size is None or ig.chunk_size >= 1, ">= 1 or null"),
-        ("ig.attribution", ig.attribution, ig.attribution in ATTRIBUTIONS, _one_of(ATTRIBUTIONS)),
-        ("ig.smoothgrad_samples", ig.smoothgrad_samples, ig.smoothgrad_samples >= 1, ">= 1"),
-        ("ig.smoothgrad_noise", ig.smoothgrad_noise, 0 < ig.smoothgrad_noise <= 1,
-         "in (0, 1]: the noise sd as a fraction of the input range"),
-        ("ig.gradcam_layer", ig.gradcam_layer, ig.gradcam_layer != "", "a module name of the teacher, or null"),
-        ("augment.crop_padding", a.crop_padding, a.crop_padding >= 0, ">= 0"),
-        ("augment.overlay_p", a.overlay_p, 0.0 <= a.overlay_p <= 1.0, "in [0, 1]"),
-        ("augment.power_range", a.power_range,
-         len(a.power_range) == 2 and 0 < a.power_range[0] <= a.power_range[1], "[lo, hi] with 0 < lo <= hi"),
-        ("augment.mix", a.mix, 0.0 <= a.mix <= 1.0, "in [0, 1]"),
-        ("augment.maps", a.maps, a.maps in MAP_SOURCES, _one_of(MAP_SOURCES)),
-        ("distill.method", cfg.distill.method, cfg.distill.method in METHODS, _one_of(METHODS)),
-        ("distill.alpha", cfg.distill.alpha, 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
-        ("distill.temperature", cfg.distill.temperature, cfg.distill.temperature > 0, "> 0"),
-        ("distill.gamma", cfg.distill.gamma, cfg.distill.gamma >= 0, ">= 0"),
-        ("distill.teacher_runtime", dc.teacher_runtime, dc.teacher_runtime in TEACHER_RUNTIMES,
-         _one_of(TEACHER_RUNTIMES)),
-        ("distill.at_layer", cfg.distill.at_layer,
-         cfg.distill.at_layer is None or 0 <= cfg.distill.at_layer < NUM_FEATURE_MODULES - k,
-         f"null or a feature module the student keeps (0..{NUM_FEATURE_MODULES - k - 1} for remove_blocks={k})"),
-        ("distill.at_layer", dc.at_layer, dc.at_layer is None or kind != "arch",
-         "null for a student.arch student: name its module with distill.at_student_layer"),
-        ("distill.at_layer", dc.at_layer, dc.at_layer is None or dc.at_student_layer is None,
-         "null when distill.at_student_layer names the student's AT module"),
-        ("distill.at_student_layer", dc.at_student_layer, dc.at_student_layer != "", "a module name or null"),
-        ("distill.at_teacher_layer", dc.at_teacher_layer, dc.at_teacher_layer != "", "a module name or null"),
-    ]
-    for name in ("train", "teacher_train"):
-        tc: TrainConfig = getattr(cfg, name)
-        checks += [
-            (f"{name}.epochs", tc.epochs, tc.epochs >= 1, ">= 1"),
-            (f"{name}.batch_size", tc.batch_size, tc.batch_size >= 2, ">= 2 (batch norm)"),
-            (f"{name}.eval_batch_size", tc.eval_batch_size, tc.eval_batch_size >= 1, ">= 1"),
-            (f"{name}.optimizer", tc.optimizer, tc.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
-            (f"{name}.schedule", tc.schedule, tc.schedule in SCHEDULES, _one_of(SCHEDULES)),
-            (f"{name}.lr", tc.lr, tc.lr > 0, "> 0"),
-            (f"{name}.weight_decay", tc.weight_decay, tc.weight_decay >= 0, ">= 0"),
-            (f"{name}.subset_fraction", tc.subset_fraction, 0.0 < tc.subset_fraction <= 1.0, "in (0, 1]"),
-            (f"{name}.device", tc.device, _device_ok(tc.device), "auto, cpu, cuda or cuda:N"),
-            (f"{name}.threads", tc.threads, tc.threads is None or tc.threads >= 1, ">= 1 or null"),
-            (f"{name}.checkpoint_every", tc.checkpoint_every, tc.checkpoint_every >= 0, ">= 0 (steps; 0: per epoch)"),
-            (f"{name}.amp", tc.amp, tc.amp in AMP_MODES, _one_of(AMP_MODES)),
-            (f"{name}.check_finite_every", tc.check_finite_every, tc.check_finite_every >= 0,
-             ">= 0 (steps; 0: at checkpoints and epoch ends only)"),
-        ]
-    for key, value, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
-    _check_budget(cfg)
-
-
-def _check_budget(cfg: Config) -> None:
-    """A MAC budget no student can meet is refused before anything runs, where the image shape is known."""
-    from .data.catalog import DATASETS, known_image_shape
-    from .models import student_spec
-
-    shape = known_image_shape(cfg.data.name, cfg.data.image_size)
-    if cfg.student.budget_macs is not None and shape is not None:
-        student_spec(cfg, shape, DATASETS[cfg.data.name].num_classes)  # raises ConfigError naming the key
+def config_from_dict(data: dict) -> Config:
+    """A validated config from nested plain values (a YAML file's, or a recorded ``to_dict``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"section top level must be a mapping, got {data!r}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise _one_line(e, data) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -355,31 +470,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file, then ``key=value`` overrides, then validation."""
-    cfg = Config()
+    data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        _apply(cfg, data)
+        _merge(data, loaded)
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
-        _apply(cfg, nested)
-    _validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict) -> Config:
-    cfg = Config()
-    _apply(cfg, data)
-    _validate(cfg)
-    return cfg
+        _merge(data, nested)
+    return config_from_dict(data)
 
 
 def dump_config(cfg: Config) -> str:

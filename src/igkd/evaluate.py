@@ -21,8 +21,18 @@ from .data.catalog import DATASETS, known_image_shape
 from .data.image_dataset import ImageDataset
 from .errors import CheckpointError, ConfigError
 from .fileio import write_checked_json
-from .models import StudentSpec, is_family, student_kind, student_spec
+from .models import (
+    StudentSpec,
+    compression_factor,
+    count_macs,
+    count_parameters,
+    is_family,
+    student_kind,
+    student_spec,
+    truncated_student,
+)
 from .pipeline import build_teacher, load_datasets, load_teacher
+from .reporting import format_table
 from .runs import load_state_dict, load_weights
 from .utils import setup_device
 
@@ -209,8 +219,6 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: s
 
 
 def format_evaluation(r: dict) -> str:
-    from .reporting import format_table
-
     conv = r["input_convention"]
     student = r.get("student")
     role = r["role"] if student is None else f"{r['role']} ({StudentSpec(**student).label})"
@@ -232,3 +240,21 @@ def format_evaluation(r: dict) -> str:
 
 __all__ = ["INPUT_CONVENTIONS", "LoadedModel", "classification_metrics", "evaluate_checkpoint",
            "format_evaluation", "load_model", "model_from_checkpoint", "predict"]
+
+
+def compression_table(cfg: Config) -> str:
+    """Student size and cost for every k of the configured teacher (METHOD.md's CF table)."""
+    info = DATASETS[cfg.data.name]
+    if info.image_shape is None:
+        known = ", ".join(k for k, v in DATASETS.items() if v.image_shape is not None)
+        raise ConfigError(f"compression-table knows the image shape of {known} only, not {cfg.data.name}")
+    if not is_family(cfg.teacher.arch):
+        raise ConfigError(f"compression-table lists the truncated students of cifar_mobilenet_v2, not "
+                          f"{cfg.teacher.arch}")
+    shape, classes = known_image_shape(cfg.data.name, cfg.data.image_size), info.num_classes
+    teacher = build_teacher(cfg, classes, shape[0], shape[1:])
+    rows = [("teacher", count_parameters(teacher), 1.0, count_macs(teacher, shape) / 1e6)]
+    for k in range(1, len(teacher.features)):
+        s = truncated_student(teacher, k)
+        rows.append((f"k={k}", count_parameters(s), compression_factor(teacher, s), count_macs(s, shape) / 1e6))
+    return format_table(["model", "parameters", "CF", "MMACs / image"], rows)

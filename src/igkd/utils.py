@@ -9,6 +9,8 @@ import torch
 
 from .errors import ConfigError
 
+AMP_MODES = ("none", "bf16", "fp16")  # autocast of the training and evaluation forward (train.amp)
+
 
 def derive_seed(seed: int, *keys: object) -> int:
     """A 63-bit seed for one random stream, derived from the run's single seed and a purpose."""

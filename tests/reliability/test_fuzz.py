@@ -5,7 +5,6 @@ Random keys, values, files and arrays end in a valid result or igkd's one-line e
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 
@@ -23,11 +22,10 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 
 def config_keys() -> list[str]:
-    cfg = Config()
     keys = []
-    for section in dataclasses.fields(cfg):
-        keys.append(section.name)
-        keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(getattr(cfg, section.name))]
+    for name, section in Config.model_fields.items():
+        keys.append(name)
+        keys += [f"{name}.{key}" for key in section.annotation.model_fields]
     return keys
 
 

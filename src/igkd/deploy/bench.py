@@ -141,7 +141,7 @@ def torch_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, de
 
 
 def onnx_latency(session, input_shape: tuple[int, ...], batch: int, timing: TimingOptions) -> dict:
-    from .export import run_onnx
+    from .onnxrt import run_onnx
 
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     return measure(lambda: run_onnx(session, x), timing)
@@ -198,7 +198,8 @@ def bench_models(candidates: list[Candidate], input_shape: tuple[int, int, int],
 
 def _bench_onnx(rec: dict, model: nn.Module, input_shape, settings: BenchSettings, devices, path: Path,
                 data) -> None:
-    from .export import ExportError, export_onnx, onnx_parity, ort_session
+    from .export import ExportError, export_onnx, onnx_parity
+    from .onnxrt import ort_session
 
     export_onnx(model, input_shape, path)
     rec["onnx_bytes"] = path.stat().st_size

@@ -11,7 +11,6 @@ outputs differ from PyTorch's by more than 1e-4 (max absolute difference, float3
 from __future__ import annotations
 
 import copy
-import importlib
 import io
 import json
 import warnings
@@ -25,21 +24,13 @@ from torch import nn
 
 from ..errors import ExportError
 from ..fileio import atomic_write_bytes, write_json
-from ..models.inference import onnx_model_proto, ort_session_options
+from ..models.inference import onnx_model_proto
+from .onnxrt import ort_session, require, run_onnx
 from .timing import TimingOptions
 
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, float32
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-def require(module: str):
-    """Import an optional deployment dependency, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ExportError(f"{module} is not installed: run `bash scripts/setup.sh` or "
-                          f"`pip install 'igkd[deploy]'`") from None
 
 
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
@@ -82,27 +73,6 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu").eval()
-
-
-def ort_session(path: str | Path, threads: int | None = None, device: str = "cpu"):
-    """An ONNX Runtime session of ``path``: all graph optimisations, ``threads`` intra-op threads
-    (default: PyTorch's), CUDA's execution provider on ``device="cuda"``."""
-    ort = require("onnxruntime")
-    options = ort_session_options(threads)
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ExportError("this onnxruntime has no CUDA execution provider: install onnxruntime-gpu")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:
-        raise ExportError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
-
-
-def run_onnx(session, x: np.ndarray) -> np.ndarray:
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 @torch.no_grad()

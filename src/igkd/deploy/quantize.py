@@ -18,7 +18,7 @@ from torch import nn
 from ..data import stratified_subset
 from ..errors import ExportError
 from ..fileio import atomic_write_bytes
-from .export import ort_session, require, run_onnx
+from .onnxrt import ort_session, require, run_onnx
 from .timing import TimingOptions, measure
 
 

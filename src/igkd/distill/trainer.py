@@ -18,10 +18,9 @@ from ..data.image_dataset import ImageDataset
 from ..distributed import DistContext
 from ..errors import CheckpointError, ConfigError, NumericalError
 from ..runs import RunDir, load_checkpoint, save_checkpoint
-from ..utils import derive_seed, progress_bar
+from ..utils import AMP_MODES, derive_seed, progress_bar
 from .methods import Distiller
 
-AMP_MODES = ("none", "bf16", "fp16")  # train.amp
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..fileio import tensor_bytes
-from .complexity import compression_factor, count_macs, count_parameters
+from .complexity import compression_factor, count_flops, count_macs, count_parameters
 from .mobilenet import (
     AUTO,
     CIFAR_STRIDES,
@@ -36,6 +36,7 @@ from .students import (
     StudentSpec,
     model_io,
     paired_at_layer,
+    resolved_kind,
     scaled_strides,
     scaled_student,
     student_kind,
@@ -91,6 +92,7 @@ __all__ = [
     "check_input",
     "cifar_mobilenet_v2",
     "compression_factor",
+    "count_flops",
     "count_macs",
     "count_parameters",
     "create_model",
@@ -103,6 +105,7 @@ __all__ = [
     "paired_at_layer",
     "reset_parameters",
     "resolve_strides",
+    "resolved_kind",
     "scaled_student",
     "scaled_strides",
     "smallest_side",

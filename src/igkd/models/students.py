@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -28,12 +28,17 @@ from .mobilenet import TruncatedStudent, cifar_mobilenet_v2, resolve_strides, tr
 from .registry import create_model, is_family
 from .taps import nearest_size
 
-if TYPE_CHECKING:
-    from ..config import Config
-
 STUDENT_KINDS = ("truncated", "scaled", "arch")  # what student.kind may name (arch: student.arch, built fresh)
 # Width multipliers a budget search chooses from: 0.05 .. 3.00 in steps of 0.05.
 WIDTH_GRID = tuple(round(0.05 * i, 2) for i in range(1, 61))
+
+
+class StudentChoice(Protocol):
+    """What the functions below read: a config's ``student`` and ``teacher`` sections (``igkd.config.Config``
+    has them; the models do not need the config module, which sits above them)."""
+
+    student: Any
+    teacher: Any
 
 
 @dataclass(frozen=True)
@@ -136,19 +141,25 @@ def width_for_macs(budget_macs: float, strides: tuple[int, ...], remove_blocks: 
     return width
 
 
-def student_kind(cfg: Config) -> str:
+def resolved_kind(student: Any) -> str:
+    """The kind of the student a config's ``student`` section describes: ``arch`` whenever its ``arch`` is
+    set, else its ``kind``."""
+    return "arch" if student.arch is not None else student.kind
+
+
+def student_kind(cfg: StudentChoice) -> str:
     """The student's kind: ``arch`` whenever ``student.arch`` is set, else ``student.kind``."""
-    return "arch" if cfg.student.arch is not None else cfg.student.kind
+    return resolved_kind(cfg.student)
 
 
-def scaled_strides(cfg: Config, input_shape: Sequence[int]) -> tuple[int, ...]:
+def scaled_strides(cfg: StudentChoice, input_shape: Sequence[int]) -> tuple[int, ...]:
     """A scaled student's stride plan: ``student.strides``, else the teacher's (``auto`` resolved on the images)."""
     s, t = cfg.student, cfg.teacher
     strides = s.strides if s.strides is not None else t.strides if is_family(t.arch) else "auto"
     return resolve_strides(strides, tuple(input_shape)[-2:])
 
 
-def student_spec(cfg: Config, input_shape: tuple[int, int, int], num_classes: int = 10,
+def student_spec(cfg: StudentChoice, input_shape: tuple[int, int, int], num_classes: int = 10,
                  remove_blocks: int | None = None) -> StudentSpec:
     """The student ``cfg.student`` describes (``remove_blocks`` overrides its k): a scaled student's
     unset width and strides default to the teacher's, and a MAC budget chooses the width; an arch student
