@@ -42,5 +42,22 @@ class LockedError(IgkdError):
     """Another live process is writing the same run directory, study or store."""
 
 
+class WriteError(IgkdError):
+    """A file could not be written (no space, quota, permission, read-only file system); nothing
+    half-written was kept, and running the command again continues from what was saved."""
+
+    def __init__(self, path, reason: str, fix: str,
+                 then: str = "then run the same command again: it continues from what was saved"):
+        self.path, self.reason, self.fix, self.then = path, reason, fix, then
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}; nothing half-written was kept: {self.fix}, {self.then}"
+
+
+class IgkdWarning(UserWarning):
+    """Something a user should know that does not stop the command (the CLI prints it on one line)."""
+
+
 class ExportError(IgkdError):
     """A model cannot be exported, or its export does not reproduce PyTorch's outputs."""

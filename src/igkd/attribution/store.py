@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import NumericalError, StaleStoreError
-from ..fileio import atomic_write_bytes, fsync_dir, write_json
+from ..fileio import atomic_write_bytes, ensure_dir, fsync_dir, guarded_write, write_json
 from .identity import FIX, StoreIdentity
 
 FORMAT = "igkd-map-store"
@@ -64,7 +64,8 @@ def publish_exclusive(tmp: Path, final: Path) -> bool:
     except OSError:
         won = not final.exists()
         if won:
-            os.replace(tmp, final)
+            with guarded_write(final):
+                os.replace(tmp, final)
             return True
     tmp.unlink(missing_ok=True)
     if won:
@@ -246,15 +247,19 @@ class StoreWriter:
         and publishes them with an exclusive hard link, so exactly one version of each file wins.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "done").mkdir(exist_ok=True)
+        ensure_dir(path / "done")
         meta_path, maps_path = path / "meta.json", path / "maps.npy"
         shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
         if not meta_path.exists():
             if not maps_path.exists():
                 tmp = path / f".maps.npy.{uuid.uuid4().hex[:8]}.tmp"
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-                del arr  # a sparse file of the full size, zeros until written
+                try:
+                    with guarded_write(maps_path):
+                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+                        del arr  # a sparse file of the full size, zeros until written
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
                 publish_exclusive(tmp, maps_path)
             existing = np.load(maps_path, mmap_mode="r")
             if existing.shape != shape or existing.dtype != dtype:
@@ -320,15 +325,16 @@ class StoreWriter:
                                  "for them (check the teacher's weights)")
         maps_path = self.path / "maps.npy"
         offset = int(np.load(maps_path, mmap_mode="r").offset) + s * maps[0].nbytes
-        fd = os.open(maps_path, os.O_RDWR)
-        try:
-            data = memoryview(np.ascontiguousarray(maps).tobytes())
-            while data:
-                written = os.pwrite(fd, data, offset)
-                data, offset = data[written:], offset + written
-            os.fsync(fd)  # the maps are on disk before the record that says so
-        finally:
-            os.close(fd)
+        with guarded_write(maps_path):  # a chunk that fails here has no record: a rerun computes it again
+            fd = os.open(maps_path, os.O_RDWR)
+            try:
+                data = memoryview(np.ascontiguousarray(maps).tobytes())
+                while data:
+                    written = os.pwrite(fd, data, offset)
+                    data, offset = data[written:], offset + written
+                os.fsync(fd)  # the maps are on disk before the record that says so
+            finally:
+                os.close(fd)
         # A unique name per record: two processes that computed the same chunk leave two records,
         # which finalisation refuses, instead of one silently replacing the other.
         write_json_atomic(self.done_dir / f"{c:06d}-{uuid.uuid4().hex[:8]}.json",

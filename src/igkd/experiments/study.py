@@ -44,6 +44,7 @@ from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
 from ..fileio import (
     atomic_write_bytes,
+    ensure_dir,
     write_checked_json,
     write_with_sidecar,
 )
@@ -330,7 +331,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
                 or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
         # More runs, methods or depths extend a study; what was run stays valid.
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     write_checked_json(out / "study.json", record)
 
 
