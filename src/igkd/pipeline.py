@@ -26,6 +26,7 @@ from .config import Config, TrainConfig
 from .convention import InputConvention
 from .data import (
     DATASETS,
+    check_classes,
     compute_convention,
     load_dataset,
     stratified_split,
@@ -79,10 +80,12 @@ def load_datasets(cfg: Config) -> Datasets:
         shape = " x ".join(map(str, train.image_shape)), " x ".join(map(str, test.image_shape))
         raise DataError(f"dataset {d.name} ({d.root or 'default location'}): training images are {shape[0]} "
                         f"(channels x height x width) but test images are {shape[1]}; both splits need one size")
+    full_train = train
     if d.train_size is not None and d.train_size < len(train):
         train = stratified_subset(train, d.train_size, seed=d.subset_seed)
     if d.test_size is not None and d.test_size < len(test):
         test = stratified_subset(test, d.test_size, seed=d.subset_seed)
+    check_classes(train, test, f"dataset {d.name} ({d.root or 'default location'})", full_train)
     convention = DATASETS[d.name].convention or compute_convention(train, d.root)
     return Datasets(train, test, convention)
 
