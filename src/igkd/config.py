@@ -39,6 +39,8 @@ class TeacherConfig:
     arch: str = "cifar_mobilenet_v2"  # or a torchvision classification model name, or timm:<name>
     width_mult: float = 1.0  # width_mult, strides and dropout shape cifar_mobilenet_v2 only
     strides: list[int] | str = "auto"  # five values, each 1 or 2, or auto: chosen from the image size
+    strides_for: int | list[int] | None = None  # the image side or [H, W] explicit strides were written for;
+    # on images of another size the plan becomes auto (a printed line says so); None: any size
     dropout: float = 0.2
     checkpoint: str | None = None  # a state dict to load; None = train one with `igkd train-teacher`
 
@@ -256,6 +258,8 @@ def _validate(cfg: Config) -> None:
         ("teacher.width_mult", t.width_mult, family or t.width_mult == 1.0, not_family.format("1.0")),
         ("teacher.strides", t.strides, _strides_ok(t.strides), "auto, or five values, each 1 or 2"),
         ("teacher.strides", t.strides, family or t.strides == "auto", not_family.format("auto")),
+        ("teacher.strides_for", t.strides_for, t.strides_for is None or _image_size_ok(t.strides_for),
+         "a side, or [height, width], each in 1..8192, or null"),
         ("teacher.dropout", t.dropout, 0.0 <= t.dropout < 1.0, "in [0, 1)"),
         ("teacher.dropout", t.dropout, family or t.dropout == TeacherConfig.dropout, not_family.format("0.2")),
         ("student.remove_blocks", k, 1 <= k < NUM_FEATURE_MODULES, f"in 1..{NUM_FEATURE_MODULES - 1}"),

@@ -21,6 +21,11 @@ from ..test_data import _write_fake_cifar
 from ..toy_data import quadrant_images, write_image_folder
 
 
+@pytest.fixture(autouse=True)
+def _warnings_said_afresh(monkeypatch):
+    monkeypatch.setattr("igkd.utils._said", set())  # each test sees the warnings it causes
+
+
 def npz(path: Path, y_train: np.ndarray, y_test: np.ndarray, size: int = 8) -> Path:
     x_train, _ = quadrant_images(len(y_train), size, 1)
     x_test, _ = quadrant_images(len(y_test), size, 1, seed=1)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from igkd.data.image_dataset import ImageDataset
-from igkd.errors import DataError, IgkdWarning
+from igkd.errors import DataError
+from igkd.utils import warn_once
 
 MIN_TRAIN_IMAGES = 2  # fewer training images of a class than this is warned about
 
@@ -102,6 +101,6 @@ def check_classes(train: ImageDataset, test: ImageDataset, where: str, full_trai
                         f"model can learn them and the test accuracy would mislead: {fix}")
     few = [c for c in range(k) if counts[c] < MIN_TRAIN_IMAGES]
     if few:
-        warnings.warn(f"{where}: class(es) with fewer than {MIN_TRAIN_IMAGES} training images "
-                      f"({_named(train.classes, few, counts)}): they are barely learnt and any accuracy on them "
-                      "is noise; add training images", IgkdWarning, stacklevel=2)
+        warn_once(f"{where}: class(es) with fewer than {MIN_TRAIN_IMAGES} training images "
+                  f"({_named(train.classes, few, counts)}): they are barely learnt and any accuracy on them is "
+                  "noise; add training images")
