@@ -42,6 +42,7 @@ FORMAT = "igkd-map-store"
 VERSION = 3  # 3: maps stored divided by their maxima, scales.npy
 DTYPES = {"float16": np.float16, "float32": np.float32}
 PERCENTILES = (50, 90, 99)
+CONSTANT_LIMIT = 0.01  # more constant maps than this fraction is warned about
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -394,6 +395,9 @@ class StoreWriter:
         atomic_write_bytes(path / "scales.npy", buf.getvalue())
         meta["scales_sha256"] = _maps_sha256(scales)
 
+        constant = [p for r in records for p in r.get("constant", [])]
+        meta["constant_maps"] = {"count": len(constant), "fraction": len(constant) / max(1, meta["shape"][0]),
+                                 "positions": constant[:10]}
         meta["delta"] = delta_summary(records)
         flushed = sum(r["delta"].get("flushed_to_zero", 0) for r in records)
         meta["storage"] = {"values_flushed_to_zero": flushed, "fraction_flushed": flushed / max(1, maps_size)}
@@ -404,6 +408,25 @@ class StoreWriter:
         write_json_atomic(path / "meta.json", meta)
         self.meta = meta
         return MapStore.open(path)
+
+
+def explanation_problems(meta: dict[str, Any]) -> list[str]:
+    """Why a store's maps may explain little, in words: its teacher was at chance on its own training
+    data, or more than :data:`CONSTANT_LIMIT` of its maps are constant (one value at every pixel: all
+    zero where a Grad-CAM teacher's evidence vanishes; an all-zero IG map is refused outright).
+    ``igkd precompute-ig`` warns with these lines and the report prints them under the gallery."""
+    out = []
+    teacher = meta.get("teacher_check") or {}
+    if teacher.get("at_chance"):
+        out.append(f"the teacher is at chance on its own training data ({teacher['accuracy']:.1f} % correct, "
+                   f"while always answering the most frequent class gives {teacher['majority']:.1f} %): its "
+                   "maps explain nothing; train it longer or check teacher.checkpoint")
+    constant = meta.get("constant_maps") or {}
+    if constant.get("fraction", 0) > CONSTANT_LIMIT:
+        out.append(f"{constant['count']} of {meta['shape'][0]} maps ({100 * constant['fraction']:.1f} %) are "
+                   f"constant (one value at every pixel, e.g. positions {constant['positions'][:5]}): they show "
+                   "the student nothing; check the teacher and the attribution layer")
+    return out
 
 
 def refuse_other_settings(path: Path, diff: list[str]) -> None:

@@ -445,7 +445,13 @@ def gallery_section(study: Study, max_images: int = 12) -> Section | None:
         axes[0][j].set_title(title, fontsize=9)
     what = "red positive, blue negative" if signed else "sum over channels of |attribution|, bright = large"
     caption = f"Gallery: input, integrated-gradients map ({what}; each map on its own scale), overlay (s = 1.5)."
-    return Section("Integrated-gradients gallery", [figure(fig, "gallery", caption)])
+    return Section("Integrated-gradients gallery", [figure(fig, "gallery", caption), *gallery_notes(path)])
+
+
+def gallery_notes(path: Path) -> list[str]:
+    """What the map store said makes its maps explain little (a teacher at chance, constant maps)."""
+    with np.load(path, allow_pickle=False) as g:
+        return [f"Warning: {note}." for note in g["notes"].tolist()] if "notes" in g.files else []
 
 
 def _as_image(chw: np.ndarray) -> np.ndarray:
