@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import ConfigError, IgkdError, IgkdWarning, WriteError
+from .errors import ConfigError, IgkdError, IgkdWarning, WriteError, forget_warnings
 
 PRESETS = Path(__file__).resolve().parent / "configs"
 
@@ -337,6 +337,7 @@ def _show_warning(show):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    forget_warnings()  # each command says its own warnings
     show = warnings.showwarning
     warnings.showwarning = _show_warning(show)
     try:

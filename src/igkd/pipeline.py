@@ -37,7 +37,7 @@ from .data.control_maps import control_maps
 from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize, training_environment
-from .errors import CheckpointError, ConfigError, DataError, StaleStoreError
+from .errors import CheckpointError, ConfigError, DataError, StaleStoreError, warn_once
 from .models import (
     STAGE_STARTS,
     at_layer_for,
@@ -58,7 +58,7 @@ from .models import (
     student_spec,
 )
 from .runs import RunDir, environment, load_weights
-from .utils import derive_seed, setup_device, warn_once
+from .utils import derive_seed, setup_device
 
 
 @dataclass

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 
 import torch
 
-from .errors import ConfigError, IgkdWarning
-
-_said: set[str] = set()  # the warnings this process has given
-
-
-def warn_once(message: str) -> None:
-    """An :class:`IgkdWarning` (the CLI prints it on one line), given once per process whatever the
-    warnings filters did in between (Python forgets what it said whenever they change)."""
-    if message not in _said:
-        _said.add(message)
-        warnings.warn(message, IgkdWarning, stacklevel=2)
+from .errors import ConfigError
 
 
 def derive_seed(seed: int, *keys: object) -> int:

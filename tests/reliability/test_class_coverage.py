@@ -23,7 +23,7 @@ from ..toy_data import quadrant_images, write_image_folder
 
 @pytest.fixture(autouse=True)
 def _warnings_said_afresh(monkeypatch):
-    monkeypatch.setattr("igkd.utils._said", set())  # each test sees the warnings it causes
+    monkeypatch.setattr("igkd.errors._said", set())  # each test sees the warnings it causes
 
 
 def npz(path: Path, y_train: np.ndarray, y_test: np.ndarray, size: int = 8) -> Path:

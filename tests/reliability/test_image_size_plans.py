@@ -26,7 +26,7 @@ from ..conftest import FASHION_MNIST, require
 
 @pytest.fixture(autouse=True)
 def _warnings_said_afresh(monkeypatch):
-    monkeypatch.setattr("igkd.utils._said", set())  # each test sees the warnings it causes
+    monkeypatch.setattr("igkd.errors._said", set())  # each test sees the warnings it causes
 
 
 def test_an_explicit_plan_that_leaves_more_than_the_last_stage_at_1x1_is_refused():

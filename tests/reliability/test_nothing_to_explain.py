@@ -29,7 +29,7 @@ CONV = InputConvention((0.3,), (0.25,))
 
 @pytest.fixture(autouse=True)
 def _warnings_said_afresh(monkeypatch):
-    monkeypatch.setattr("igkd.utils._said", set())  # each test sees the warnings it causes
+    monkeypatch.setattr("igkd.errors._said", set())  # each test sees the warnings it causes
 
 
 class Net(nn.Module):

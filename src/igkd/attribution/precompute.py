@@ -29,9 +29,9 @@ from torch import nn
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
 from ..distributed import resolve_rank
-from ..errors import ConfigError, NumericalError, StaleStoreError
+from ..errors import ConfigError, NumericalError, StaleStoreError, warn_once
 from ..locks import FileLock
-from ..utils import progress_bar, resolve_device, warn_once
+from ..utils import progress_bar, resolve_device
 from .identity import StoreIdentity, baseline_spec
 from .ig import (
     PreparedModel,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from igkd.data.image_dataset import ImageDataset
-from igkd.errors import DataError
-from igkd.utils import warn_once
+from igkd.errors import DataError, warn_once
 
 MIN_TRAIN_IMAGES = 2  # fewer training images of a class than this is warned about
 
@@ -90,6 +89,8 @@ def check_classes(train: ImageDataset, test: ImageDataset, where: str, full_trai
     is what dropped a class. Validation is drawn from the training split by :func:`stratified_split`,
     which keeps every class in the training part, so it needs no check of its own.
     """
+    if len(train) == 0:
+        return  # no training images at all: the convention's check says so
     k = max(train.num_classes, test.num_classes)
     counts = torch.bincount(train.y, minlength=k)
     missing = sorted(int(c) for c in torch.unique(test.y) if counts[int(c)] == 0)
