@@ -60,6 +60,7 @@ def test_a_preset_plan_keeps_its_size_and_becomes_auto_on_others_with_a_line():
     assert teacher_arch(own, (64, 64))["strides"] == [1, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_grey_8x8_npz_through_the_fashion_mnist_preset_trains_a_teacher_that_learns(tmp_path):
     require(FASHION_MNIST, "Fashion-MNIST")
     train = load_dataset("fashion_mnist", "train", root=str(FASHION_MNIST))
@@ -83,3 +84,8 @@ def test_grey_8x8_npz_through_the_fashion_mnist_preset_trains_a_teacher_that_lea
     summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
     assert summary["arch"]["strides"] == [1, 1, 1, 1, 2]
     assert summary["test_acc_last"] > 50.0, summary["test_acc_last"]  # chance: 10 %
+
+
+def test_a_bad_strides_for_is_one_line():
+    with pytest.raises(ConfigError, match=r"teacher\.strides_for.*a side, or \[height, width\]"):
+        load_config(None, ["teacher.strides_for=0"])
