@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import ConfigError, IgkdError
+from .errors import ConfigError, IgkdError, IgkdWarning, WriteError, forget_warnings
 
 PRESETS = Path(__file__).resolve().parent / "configs"
 
@@ -345,16 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(show):
+    """``warnings.showwarning`` that prints igkd's own warnings as one line, others as Python does."""
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IgkdWarning):
+            print(f"igkd: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return shown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    forget_warnings()  # each command says its own warnings
+    show = warnings.showwarning
+    warnings.showwarning = _show_warning(show)
     try:
         args.func(args)
     except IgkdError as e:
+        if isinstance(e, WriteError) and hasattr(args, "resume"):  # a run: it continues from its checkpoint
+            e.then = "then run the same command with --resume: it continues from the last checkpoint"
         print(f"igkd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("igkd: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show
     return 0
 
 

@@ -110,6 +110,10 @@ class TeacherConfig(BaseModel):
     strides: Annotated[Literal["auto"] | Strides, Allowed("auto, or five values, each 1 or 2")] = Field(
         "auto", description="cifar_mobilenet_v2 only: five values, each 1 or 2, or auto: chosen from the "
         "image size")
+    strides_for: Annotated[Side | Annotated[list[Side], Field(min_length=1, max_length=2)] | None,
+                           Allowed("a side, or [height, width], each in 1..8192, or null")] = Field(
+        None, description="the image side or [H, W] explicit strides were written for; on images of another "
+        "size the plan becomes auto (a printed line says so); null: any size")
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.2, description="cifar_mobilenet_v2 only")
     checkpoint: str | None = Field(
         None, description="a state dict to load; null = train one with `igkd train-teacher`")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import Config
 from .experiments.study import Arm, prepare_shared
-from .fileio import write_checked_json
+from .fileio import atomic_write_text, write_checked_json
 from .pipeline import (
     TEACHER_SECTIONS,
     distill,
@@ -71,7 +71,7 @@ def run_demo(cfg: Config, out: str | Path, methods: list[str]) -> list[dict]:
               "modules; kd_ig+noise_maps overlays maps that carry no information (a control)")
     print(table)
     print(f"\nwall time {wall:.0f} s; runs in {out}")
-    (out / "demo_table.md").write_text(table + "\n")
+    atomic_write_text(out / "demo_table.md", table + "\n")
     write_checked_json(out / "demo_summary.json", {"teacher": teacher or {"checkpoint": cfg.teacher.checkpoint,
                                                                           "test_acc_last": rows[0][1] if rows else None},
                                                    "students": summaries, "wall_time_s": wall})

@@ -1,20 +1,62 @@
 """Writes that matter go to a unique temporary name, are fsynced, and are renamed into place.
 
-A killed process therefore never leaves a file that looks complete but is not. Run directories and
-IG map stores both write through here.
+A killed process therefore never leaves a file that looks complete but is not. Run directories, IG
+map stores, study and search results, reports, exports, bench files and locks all write through
+here, inside :func:`guarded_write`: a write that fails (no space, quota, permission, read-only file
+system) removes its temporary file and becomes one :class:`~igkd.errors.WriteError` line naming the
+file, the cause and how to continue.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, WriteError
+
+# Why a write failed, in words, and what frees the way; any other OSError keeps its own message.
+_FULL = "free some space (or choose a folder on another file system)"
+_DENIED = "make the folder writable (or choose another one)"
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", _FULL),
+    errno.EDQUOT: ("disk quota exceeded", "free some of your quota (or choose a folder on another file system)"),
+    errno.EFBIG: ("file too large (a file-size limit)", "raise the limit (ulimit -f) or choose another folder"),
+    errno.EACCES: ("permission denied", _DENIED),
+    errno.EPERM: ("operation not permitted", _DENIED),
+    errno.EROFS: ("read-only file system", "choose a folder on a writable file system"),
+}
+
+
+def write_error(path: str | Path, e: OSError) -> WriteError:
+    """The :class:`WriteError` of ``e``, raised while writing ``path``."""
+    reason, fix = _WRITE_ERRORS.get(e.errno, (e.strerror or type(e).__name__, "fix the cause"))
+    code = errno.errorcode.get(e.errno) if e.errno is not None else None
+    return WriteError(path, f"{reason}{f' ({code})' if code else ''}", fix)
+
+
+@contextmanager
+def guarded_write(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into one :class:`WriteError` line."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """``path`` as a folder (with its parents), created if needed, inside :func:`guarded_write`."""
+    path = Path(path)
+    with guarded_write(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -32,18 +74,20 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``data`` at ``path`` in full, or (the write failed: :class:`WriteError`) ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    ensure_dir(path.parent)
+    with guarded_write(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import LockedError
+from .fileio import ensure_dir, guarded_write, write_error
 
 LOCK_NAME = ".igkd.lock"
 
@@ -56,7 +57,7 @@ class FileLock:
                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
 
     def acquire(self) -> FileLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.folder)
         for _ in range(3):  # a stale lock removed by another process between our checks: try again
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -66,8 +67,14 @@ class FileLock:
                     self._refuse(holder)
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._record(), f)
+            except OSError as e:
+                raise write_error(self.path, e) from None
+            try:
+                with guarded_write(self.path), os.fdopen(fd, "w") as f:
+                    json.dump(self._record(), f)
+            except BaseException:  # an empty lock would refuse the next command: leave none
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             return self
         self._refuse(self._holder())

@@ -26,6 +26,7 @@ from .config import Config, TrainConfig
 from .convention import InputConvention
 from .data import (
     DATASETS,
+    check_classes,
     compute_convention,
     load_dataset,
     stratified_split,
@@ -36,8 +37,9 @@ from .data.control_maps import control_maps
 from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize, training_environment
-from .errors import CheckpointError, ConfigError, DataError, StaleStoreError
+from .errors import CheckpointError, ConfigError, DataError, StaleStoreError, warn_once
 from .models import (
+    STAGE_STARTS,
     at_layer_for,
     at_pair_of,
     auto_strides,
@@ -49,6 +51,7 @@ from .models import (
     is_family,
     pair_at_layers,
     paired_at_layer,
+    plan_for,
     resolve_strides,
     smallest_side,
     state_dict_hash,
@@ -79,10 +82,12 @@ def load_datasets(cfg: Config) -> Datasets:
         shape = " x ".join(map(str, train.image_shape)), " x ".join(map(str, test.image_shape))
         raise DataError(f"dataset {d.name} ({d.root or 'default location'}): training images are {shape[0]} "
                         f"(channels x height x width) but test images are {shape[1]}; both splits need one size")
+    full_train = train
     if d.train_size is not None and d.train_size < len(train):
         train = stratified_subset(train, d.train_size, seed=d.subset_seed)
     if d.test_size is not None and d.test_size < len(test):
         test = stratified_subset(test, d.test_size, seed=d.subset_seed)
+    check_classes(train, test, f"dataset {d.name} ({d.root or 'default location'})", full_train)
     convention = DATASETS[d.name].convention or compute_convention(train, d.root)
     return Datasets(train, test, convention)
 
@@ -112,6 +117,19 @@ def _image_size(cfg: Config, image_size) -> tuple[int, int] | None:
     return None if shape is None else shape[1:]
 
 
+def teacher_strides(cfg: Config, size: tuple[int, int] | None) -> list[int] | str:
+    """``teacher.strides`` for images of ``size`` (H, W): a plan written for another size
+    (``teacher.strides_for``, set by the presets) becomes ``auto``, with a line saying so."""
+    t = cfg.teacher
+    plan = plan_for(t.strides, t.strides_for, size)
+    if plan != t.strides:
+        sides = [t.strides_for] if isinstance(t.strides_for, int) else t.strides_for
+        warn_once(f"teacher.strides {t.strides} was written for {sides[0]}x{sides[-1]} images "
+                  f"(teacher.strides_for), these are {size[0]}x{size[1]}: using teacher.strides=auto "
+                  f"({list(resolve_strides(plan, size))}) instead")
+    return plan
+
+
 def teacher_arch(cfg: Config, image_size=None) -> dict:
     """What the teacher is, as recorded in runs: its name and, for the cifar_mobilenet_v2 family, its width
     and stride plan (``auto`` resolved on ``image_size`` (H, W), by default the dataset's)."""
@@ -122,8 +140,8 @@ def teacher_arch(cfg: Config, image_size=None) -> dict:
     if t.strides == "auto" and size is None:
         raise ConfigError(f"teacher.strides=auto is chosen from the image size, which {cfg.data.name} tells only "
                           "once loaded: load the dataset first, or set data.image_size")
-    return {"arch": t.arch, "width_mult": t.width_mult, "strides": list(resolve_strides(t.strides, size)),
-            "dropout": t.dropout}
+    return {"arch": t.arch, "width_mult": t.width_mult,
+            "strides": list(resolve_strides(teacher_strides(cfg, size), size)), "dropout": t.dropout}
 
 
 def build_teacher(cfg: Config, num_classes: int, in_channels: int, image_size=None) -> torch.nn.Module:
@@ -135,14 +153,16 @@ def build_teacher(cfg: Config, num_classes: int, in_channels: int, image_size=No
     size = _image_size(cfg, image_size)
     if size is not None:
         check_fits(teacher, (in_channels, *size), num_classes, f"teacher {cfg.teacher.arch}", cfg.teacher.arch,
-                   "teacher", explicit_strides=cfg.teacher.strides != "auto")
+                   "teacher", explicit_strides=teacher_strides(cfg, size) != "auto")
     return teacher
 
 
 def check_fits(model: torch.nn.Module, shape: tuple[int, int, int], num_classes: int, who: str, arch: str,
                section: str, explicit_strides: bool = False) -> None:
-    """Refuse, before training, a ``section`` (teacher or student) model that cannot take the data's images,
-    saying what to set: ``strides=auto`` for an explicit CIFAR MobileNetV2 plan, else ``data.image_size``."""
+    """Refuse, before training, a ``section`` (teacher or student) model that cannot take the data's images
+    (one whose map reaches 1x1 before its last stage: for the CIFAR MobileNetV2 family before features.14
+    whatever the plan's strides), saying what to set: ``strides=auto`` for an explicit CIFAR MobileNetV2
+    plan, else ``data.image_size``."""
     def fix() -> str:
         if is_family(arch) and explicit_strides:
             plan = list(auto_strides(shape[1:]))
@@ -153,7 +173,7 @@ def check_fits(model: torch.nn.Module, shape: tuple[int, int, int], num_classes:
         return (f"set data.image_size={side} to resize the images ({arch} takes {side}x{side}), or choose another "
                 f"{section}.arch (cifar_mobilenet_v2 takes any size)")
 
-    check_input(model, shape, num_classes, who, fix)
+    check_input(model, shape, num_classes, who, fix, STAGE_STARTS if is_family(arch) else ())
 
 
 def load_teacher(cfg: Config, num_classes: int, in_channels: int, device: torch.device,
@@ -329,7 +349,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     arch = student_spec(cfg, shape, ds.train.num_classes)
     student = arch.build(teacher, *ds.shape)
     if arch.kind != "truncated":  # a truncated student takes what its teacher takes
-        plan = cfg.student.strides if cfg.student.strides is not None else cfg.teacher.strides
+        plan = cfg.student.strides if cfg.student.strides is not None else teacher_strides(cfg, shape[1:])
         check_fits(student, shape, ds.train.num_classes, f"student {arch.label}", arch.arch or "cifar_mobilenet_v2",
                    "student", explicit_strides=arch.kind == "scaled" and plan != "auto")
     maps = overlay_maps(cfg, ds, teacher_hash, teacher) if uses_ig else None

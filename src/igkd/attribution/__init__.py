@@ -14,7 +14,7 @@ from .ig import (
 )
 from .precompute import IGOptions, PrecomputeResult, baseline_tensor, precompute_ig
 from .saliency import ATTRIBUTIONS, AttributionSource, attribution_maps, default_gradcam_layer
-from .store import MapStore, StoreWriter, finalize_store
+from .store import MapStore, StoreWriter, explanation_problems, finalize_store
 
 __all__ = [
     "ATTRIBUTIONS",
@@ -33,6 +33,7 @@ __all__ = [
     "baseline_tensor",
     "default_gradcam_layer",
     "default_internal_batch_size",
+    "explanation_problems",
     "finalize_store",
     "fold_batchnorm",
     "integrated_gradients",

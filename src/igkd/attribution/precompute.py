@@ -29,7 +29,7 @@ from torch import nn
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
 from ..distributed import resolve_rank
-from ..errors import ConfigError, NumericalError, StaleStoreError
+from ..errors import ConfigError, NumericalError, StaleStoreError, warn_once
 from ..locks import FileLock
 from ..utils import progress_bar, resolve_device
 from .identity import StoreIdentity, baseline_spec
@@ -48,6 +48,7 @@ from .store import (
     VERSION,
     MapStore,
     StoreWriter,
+    explanation_problems,
     finalize_store,
     refuse_other_settings,
     who,
@@ -225,6 +226,8 @@ def precompute_ig(
                  if want is not None and stored[key] != want]
         refuse_other_settings(path, diff)
         store = MapStore.open(path, expect=identity)
+        for problem in explanation_problems(store.meta):
+            warn_once(f"IG map store {path}: {problem}")
         num = stored["num_chunks"]
         mine = [c for c in range(num) if c % world_size == rank]
         return PrecomputeResult(path, rank, world_size, num, [], mine, True, store,
@@ -238,6 +241,9 @@ def precompute_ig(
     compute = _compute_settings(prepared, (c_, h, w), device, o)
     if identity.attribution.name == "gradcam":  # a layer without a feature map is refused before any work
         check_gradcam_layer(prepared.module, identity.attribution.layer, (c_, h, w))
+    teacher_check = check_teacher(prepared.module, dataset, identity.convention, compute["batch_size"])
+    for problem in explanation_problems({"teacher_check": teacher_check}):  # said before the long part
+        warn_once(f"IG map store {path}: {problem}")
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -251,6 +257,7 @@ def precompute_ig(
         "num_chunks": math.ceil(n / o.chunk_size),
         "autocast": str(o.autocast) if o.autocast else False,
         "compute": compute,
+        "teacher_check": teacher_check,
         "created": who(),
     }
     writer = StoreWriter.create_or_join(path, meta, identity, options.chunk_size)
@@ -284,8 +291,10 @@ def precompute_ig(
                 continue
             t0 = time.perf_counter()
             s, e = writer.bounds(c)
-            maps, stats, scales = _compute_chunk(prepared, dataset, identity, s, e, base, compute, o, bar)
+            maps, stats, scales, constant = _compute_chunk(prepared, dataset, identity, s, e, base, compute, o,
+                                                           bar)
             writer.write_chunk(c, maps, {"rank": rank, "world_size": world_size, "delta": stats, "scales": scales,
+                                         "constant": constant,
                                          "seconds": round(time.perf_counter() - t0, 3), "compute": compute,
                                          **who()})
             result.computed.append(c)
@@ -295,17 +304,36 @@ def precompute_ig(
         if finalize and all(c in writer.records() for c in range(writer.num_chunks)):
             result.store = writer.finalize()
             result.complete = True
+            for problem in explanation_problems(result.store.meta):
+                warn_once(f"IG map store {path}: {problem}")
     result.seconds = time.perf_counter() - t_start
     return result
 
 
+@torch.no_grad()
+def check_teacher(module: nn.Module, dataset: ImageDataset, convention: InputConvention,
+                  batch_size: int) -> dict[str, Any]:
+    """The teacher's accuracy (%) on the images it is to explain, against always answering the most
+    frequent class; ``at_chance`` when it is not clearly above that (by 2 points and 3 standard errors)."""
+    device = next(module.parameters()).device
+    correct = 0
+    for a in range(0, len(dataset), batch_size):
+        x = convention.from_uint8(dataset.x[a:a + batch_size].to(device))
+        correct += int((module(x).argmax(1).cpu() == dataset.y[a:a + batch_size]).sum())
+    n = len(dataset)
+    majority = float(torch.bincount(dataset.y).max()) / n
+    margin = max(0.02, 3 * math.sqrt(majority * (1 - majority) / n))
+    return {"accuracy": 100.0 * correct / n, "majority": 100.0 * majority, "at_chance": correct / n <= majority + margin}
+
+
 def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: StoreIdentity, s: int, e: int,
                    base: torch.Tensor, compute: dict[str, Any], o: IGOptions,
-                   bar) -> tuple[np.ndarray, dict[str, Any], list[float]]:
-    """Maps of positions s..e-1, each divided by its maximum, their convergence deltas, and the maxima."""
+                   bar) -> tuple[np.ndarray, dict[str, Any], list[float], list[int]]:
+    """Maps of positions s..e-1, each divided by its maximum, their convergence deltas, the maxima, and the
+    positions whose map is constant (one value at every pixel)."""
     device, n_steps, np_dtype = base.device, identity.n_steps, DTYPES[o.dtype]
     out = np.empty((e - s, *dataset.image_shape[1:]), dtype=np_dtype)
-    abs_d, scaled, scales = [], [], []
+    abs_d, scaled, scales, constant = [], [], [], []
     seen = flushed = 0
 
     def advance(samples: int) -> None:  # progress in whole images
@@ -332,6 +360,7 @@ def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: Sto
         if not np.isfinite(m).all():
             raise NumericalError(f"IG maps of images {a}..{b - 1} hold inf or NaN: check the teacher's weights")
         peak = m.reshape(len(m), -1).max(axis=1).astype(np.float64)
+        constant += [a + int(i) for i in np.flatnonzero(peak == m.reshape(len(m), -1).min(axis=1))]
         if not (peak > 0).all() and identity.attribution.name != "gradcam":  # Grad-CAM: ReLU can zero a map
             zero = [a + int(i) for i in np.flatnonzero(peak <= 0)]
             raise NumericalError(f"IG maps of training positions {zero[:5]} are all zero (the teacher's gradient "
@@ -349,7 +378,7 @@ def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: Sto
         size = res.outputs.detach().double().abs().cpu() + res.baseline_outputs.detach().double().abs().cpu()
         scaled += (d / size.clamp_min(1e-30)).tolist()
     stats = {"abs": abs_d, "scaled": scaled} if identity.attribution.is_ig else {}
-    return out, {**stats, "flushed_to_zero": flushed}, scales
+    return out, {**stats, "flushed_to_zero": flushed}, scales, constant
 
 
 __all__ = ["IGOptions", "PrecomputeResult", "baseline_tensor", "finalize_store", "precompute_ig",

@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from ..errors import NumericalError, StaleStoreError
-from ..fileio import atomic_write_bytes, fsync_dir, write_json
+from ..fileio import atomic_write_bytes, ensure_dir, fsync_dir, guarded_write, write_json
 from .identity import FIX, StoreIdentity
 
 FORMAT = "igkd-map-store"
 VERSION = 3  # 3: maps stored divided by their maxima, scales.npy
 DTYPES = {"float16": np.float16, "float32": np.float32}
 PERCENTILES = (50, 90, 99)
+CONSTANT_LIMIT = 0.01  # more constant maps than this fraction is warned about
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -64,7 +65,8 @@ def publish_exclusive(tmp: Path, final: Path) -> bool:
     except OSError:
         won = not final.exists()
         if won:
-            os.replace(tmp, final)
+            with guarded_write(final):
+                os.replace(tmp, final)
             return True
     tmp.unlink(missing_ok=True)
     if won:
@@ -246,15 +248,19 @@ class StoreWriter:
         and publishes them with an exclusive hard link, so exactly one version of each file wins.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "done").mkdir(exist_ok=True)
+        ensure_dir(path / "done")
         meta_path, maps_path = path / "meta.json", path / "maps.npy"
         shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
         if not meta_path.exists():
             if not maps_path.exists():
                 tmp = path / f".maps.npy.{uuid.uuid4().hex[:8]}.tmp"
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-                del arr  # a sparse file of the full size, zeros until written
+                try:
+                    with guarded_write(maps_path):
+                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+                        del arr  # a sparse file of the full size, zeros until written
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
                 publish_exclusive(tmp, maps_path)
             existing = np.load(maps_path, mmap_mode="r")
             if existing.shape != shape or existing.dtype != dtype:
@@ -320,15 +326,16 @@ class StoreWriter:
                                  "for them (check the teacher's weights)")
         maps_path = self.path / "maps.npy"
         offset = int(np.load(maps_path, mmap_mode="r").offset) + s * maps[0].nbytes
-        fd = os.open(maps_path, os.O_RDWR)
-        try:
-            data = memoryview(np.ascontiguousarray(maps).tobytes())
-            while data:
-                written = os.pwrite(fd, data, offset)
-                data, offset = data[written:], offset + written
-            os.fsync(fd)  # the maps are on disk before the record that says so
-        finally:
-            os.close(fd)
+        with guarded_write(maps_path):  # a chunk that fails here has no record: a rerun computes it again
+            fd = os.open(maps_path, os.O_RDWR)
+            try:
+                data = memoryview(np.ascontiguousarray(maps).tobytes())
+                while data:
+                    written = os.pwrite(fd, data, offset)
+                    data, offset = data[written:], offset + written
+                os.fsync(fd)  # the maps are on disk before the record that says so
+            finally:
+                os.close(fd)
         # A unique name per record: two processes that computed the same chunk leave two records,
         # which finalisation refuses, instead of one silently replacing the other.
         write_json_atomic(self.done_dir / f"{c:06d}-{uuid.uuid4().hex[:8]}.json",
@@ -388,6 +395,9 @@ class StoreWriter:
         atomic_write_bytes(path / "scales.npy", buf.getvalue())
         meta["scales_sha256"] = _maps_sha256(scales)
 
+        constant = [p for r in records for p in r.get("constant", [])]
+        meta["constant_maps"] = {"count": len(constant), "fraction": len(constant) / max(1, meta["shape"][0]),
+                                 "positions": constant[:10]}
         meta["delta"] = delta_summary(records)
         flushed = sum(r["delta"].get("flushed_to_zero", 0) for r in records)
         meta["storage"] = {"values_flushed_to_zero": flushed, "fraction_flushed": flushed / max(1, maps_size)}
@@ -398,6 +408,25 @@ class StoreWriter:
         write_json_atomic(path / "meta.json", meta)
         self.meta = meta
         return MapStore.open(path)
+
+
+def explanation_problems(meta: dict[str, Any]) -> list[str]:
+    """Why a store's maps may explain little, in words: its teacher was at chance on its own training
+    data, or more than :data:`CONSTANT_LIMIT` of its maps are constant (one value at every pixel: all
+    zero where a Grad-CAM teacher's evidence vanishes; an all-zero IG map is refused outright).
+    ``igkd precompute-ig`` warns with these lines and the report prints them under the gallery."""
+    out = []
+    teacher = meta.get("teacher_check") or {}
+    if teacher.get("at_chance"):
+        out.append(f"the teacher is at chance on its own training data ({teacher['accuracy']:.1f} % correct, "
+                   f"while always answering the most frequent class gives {teacher['majority']:.1f} %): its "
+                   "maps explain nothing; train it longer or check teacher.checkpoint")
+    constant = meta.get("constant_maps") or {}
+    if constant.get("fraction", 0) > CONSTANT_LIMIT:
+        out.append(f"{constant['count']} of {meta['shape'][0]} maps ({100 * constant['fraction']:.1f} %) are "
+                   f"constant (one value at every pixel, e.g. positions {constant['positions'][:5]}): they show "
+                   "the student nothing; check the teacher and the attribution layer")
+    return out
 
 
 def refuse_other_settings(path: Path, diff: list[str]) -> None:

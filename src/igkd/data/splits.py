@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 from igkd.data.image_dataset import ImageDataset
+from igkd.errors import DataError, warn_once
+
+MIN_TRAIN_IMAGES = 2  # fewer training images of a class than this is warned about
 
 
 def _class_positions(labels: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -67,3 +70,38 @@ def stratified_subset(ds: ImageDataset, size: int, seed: int) -> ImageDataset:
         quota[order[:short]] += 1
     positions = _class_positions(labels, quota, torch.Generator().manual_seed(seed))
     return ds.subset(positions)
+
+
+def _named(classes: list[str], labels: list[int], counts: torch.Tensor | None = None) -> str:
+    def one(c: int) -> str:
+        name = classes[c] if c < len(classes) else str(c)
+        text = name if name == str(c) else f"{name} (label {c})"
+        return text if counts is None else f"{text}: {int(counts[c])}"
+    shown = ", ".join(one(c) for c in labels[:10])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > 10 else "")
+
+
+def check_classes(train: ImageDataset, test: ImageDataset, where: str, full_train: ImageDataset | None = None) -> None:
+    """Refuse test classes without a training image (no model can learn them, and the test accuracy
+    would mislead); warn about classes with fewer than :data:`MIN_TRAIN_IMAGES` training images.
+
+    ``full_train`` is the training split before a ``data.train_size`` subset, to say when the subset
+    is what dropped a class. Validation is drawn from the training split by :func:`stratified_split`,
+    which keeps every class in the training part, so it needs no check of its own.
+    """
+    if len(train) == 0:
+        return  # no training images at all: the convention's check says so
+    k = max(train.num_classes, test.num_classes)
+    counts = torch.bincount(train.y, minlength=k)
+    missing = sorted(int(c) for c in torch.unique(test.y) if counts[int(c)] == 0)
+    if missing:
+        fix = "add training images of them, or remove them from the test split"
+        if full_train is not None and all((full_train.y == c).any() for c in missing):
+            fix = "raise data.train_size (its stratified subset leaves them out), or unset it"
+        raise DataError(f"{where}: test class(es) {_named(train.classes, missing)} have no training image, so no "
+                        f"model can learn them and the test accuracy would mislead: {fix}")
+    few = [c for c in range(k) if counts[c] < MIN_TRAIN_IMAGES]
+    if few:
+        warn_once(f"{where}: class(es) with fewer than {MIN_TRAIN_IMAGES} training images "
+                  f"({_named(train.classes, few, counts)}): they are barely learnt and any accuracy on them is "
+                  "noise; add training images")

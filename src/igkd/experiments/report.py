@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from ..fileio import read_run_metrics  # noqa: E402
+from ..fileio import atomic_write_bytes, atomic_write_text, read_run_metrics  # noqa: E402
 from ..reporting import format_table  # noqa: E402
 from . import stats  # noqa: E402
 from .results import read_results, read_study  # noqa: E402
@@ -445,7 +445,13 @@ def gallery_section(study: Study, max_images: int = 12) -> Section | None:
         axes[0][j].set_title(title, fontsize=9)
     what = "red positive, blue negative" if signed else "sum over channels of |attribution|, bright = large"
     caption = f"Gallery: input, integrated-gradients map ({what}; each map on its own scale), overlay (s = 1.5)."
-    return Section("Integrated-gradients gallery", [figure(fig, "gallery", caption)])
+    return Section("Integrated-gradients gallery", [figure(fig, "gallery", caption), *gallery_notes(path)])
+
+
+def gallery_notes(path: Path) -> list[str]:
+    """What the map store said makes its maps explain little (a teacher at chance, constant maps)."""
+    with np.load(path, allow_pickle=False) as g:
+        return [f"Warning: {note}." for note in g["notes"].tolist()] if "notes" in g.files else []
 
 
 def _as_image(chw: np.ndarray) -> np.ndarray:
@@ -608,8 +614,7 @@ def to_markdown(title: str, sections: list[Section], files_dir: Path) -> str:
             elif isinstance(block, Table):
                 parts.append(format_table(block.headers, block.rows, align=block.align))
             elif isinstance(block, Figure):
-                files_dir.mkdir(exist_ok=True)
-                (files_dir / f"{block.name}.png").write_bytes(block.png)
+                atomic_write_bytes(files_dir / f"{block.name}.png", block.png)
                 parts.append(f"![{block.caption}]({files_dir.name}/{block.name}.png)\n\n"
                              f"*{block.caption}*")
             else:
@@ -644,6 +649,6 @@ def write_report(study_dir: str | Path) -> tuple[Path, Path]:
         study = load_study(folder)
         sections, title = build_sections(study), f"igkd study report: {study.dir.resolve().name}"
     html_path, md_path = folder / "report.html", folder / "report.md"
-    html_path.write_text(to_html(title, sections), encoding="utf-8")
-    md_path.write_text(to_markdown(title, sections, folder / FILES_DIR), encoding="utf-8")
+    atomic_write_text(html_path, to_html(title, sections))
+    atomic_write_text(md_path, to_markdown(title, sections, folder / FILES_DIR))
     return html_path, md_path

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attribution import ATTRIBUTIONS, MapStore
+from ..attribution import ATTRIBUTIONS, MapStore, explanation_problems
 from ..config import METHODS, Config, config_from_dict
 from ..data.augment import blend, normalize_maps
 from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
 from ..fileio import (
     atomic_write_bytes,
+    ensure_dir,
     write_checked_json,
     write_with_sidecar,
 )
@@ -360,7 +361,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
                 or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
         # More runs, methods or depths extend a study; what was run stays valid.
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     write_checked_json(out / "study.json", record)
 
 
@@ -398,7 +399,8 @@ def write_results(out: Path, jobs: list[Job]) -> list[dict]:
 
 
 def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> None:
-    """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5)."""
+    """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5), and
+    what the store says makes its maps explain little (``notes``, printed under the gallery)."""
     ds = load_datasets(cfg)
     picks = []
     for c in range(ds.train.num_classes):
@@ -412,7 +414,8 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     over = blend(x.float() / 255, normalized, cfg.augment.mix)
     buf = io.BytesIO()
     np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=(over * 255).round().to(torch.uint8).numpy(),
-             labels=ds.train.y[picks].numpy(), classes=np.array([ds.train.classes[int(c)] for c in ds.train.y[picks]]))
+             labels=ds.train.y[picks].numpy(), classes=np.array([ds.train.classes[int(c)] for c in ds.train.y[picks]]),
+             notes=np.array(explanation_problems(store.meta), dtype=str))
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..config import METHODS, Config, config_from_dict, dump_config, parse_override
 from ..errors import ConfigError, NumericalError
-from ..fileio import atomic_write_text, write_checked_json, write_with_sidecar
+from ..fileio import atomic_write_text, ensure_dir, write_checked_json, write_with_sidecar
 from ..locks import FileLock
 from ..pipeline import load_datasets
 from ..runs import RunDir
@@ -310,7 +310,7 @@ def _claim(out: Path, cfg: Config, plan: TunePlan) -> dict:
         record = {**old, **record, "study_name": old.get("study_name", record["study_name"])}
     elif (out / "study.json").is_file():
         raise ConfigError(f"{out} holds a study (study.json): choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     write_checked_json(out / "tune.json", record)
     return record
 

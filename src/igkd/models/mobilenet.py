@@ -15,6 +15,9 @@ _DOWNSAMPLING = (0, 2, 4, 7, 14)
 IMAGENET_STRIDES = (2, 2, 2, 2, 2)
 CIFAR_STRIDES = (1, 1, 2, 2, 2)
 NUM_FEATURE_MODULES = 19
+# Where each stage of the family begins (its downsampling module, whatever stride the plan gives it):
+# a 1x1 feature map entering one of these leaves more than the last stage seeing a single pixel.
+STAGE_STARTS = tuple(f"features.{i}" for i in _DOWNSAMPLING)
 AUTO = "auto"  # a stride plan chosen from the image size
 MIN_LAST_SIDE = 4  # auto strides keep the last feature map at least this many pixels on its shorter side
 
@@ -43,6 +46,19 @@ def resolve_strides(strides: Sequence[int] | str, image_size: Sequence[int] | No
             raise ValueError("strides 'auto' needs the image size")
         return auto_strides(image_size)
     return tuple(int(v) for v in strides)
+
+
+def plan_for(strides: Sequence[int] | str, written_for: int | Sequence[int] | None,
+             image_size: Sequence[int] | None) -> Sequence[int] | str:
+    """``strides``, or ``auto`` when it is an explicit plan written for images of another size.
+
+    ``written_for`` is the image side or (H, W) the plan was written for (a preset's ``strides_for``);
+    None: the plan applies to any size.
+    """
+    if strides == AUTO or written_for is None or image_size is None:
+        return strides
+    sides = [written_for] if isinstance(written_for, int) else list(written_for)
+    return strides if (int(sides[0]), int(sides[-1])) == tuple(int(v) for v in image_size) else AUTO
 
 
 def _stride_conv(features: nn.Sequential, index: int) -> nn.Conv2d:

@@ -24,7 +24,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .complexity import count_macs
-from .mobilenet import TruncatedStudent, cifar_mobilenet_v2, resolve_strides, truncated_student
+from .mobilenet import (
+    TruncatedStudent,
+    cifar_mobilenet_v2,
+    plan_for,
+    resolve_strides,
+    truncated_student,
+)
 from .registry import create_model, is_family
 from .taps import nearest_size
 
@@ -153,10 +159,12 @@ def student_kind(cfg: StudentChoice) -> str:
 
 
 def scaled_strides(cfg: StudentChoice, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """A scaled student's stride plan: ``student.strides``, else the teacher's (``auto`` resolved on the images)."""
-    s, t = cfg.student, cfg.teacher
-    strides = s.strides if s.strides is not None else t.strides if is_family(t.arch) else "auto"
-    return resolve_strides(strides, tuple(input_shape)[-2:])
+    """A scaled student's stride plan: ``student.strides``, else the teacher's (``auto`` resolved on the images;
+    a plan written for other images, see :func:`~igkd.models.mobilenet.plan_for`, is ``auto``)."""
+    s, t, hw = cfg.student, cfg.teacher, tuple(input_shape)[-2:]
+    strides = s.strides if s.strides is not None else plan_for(t.strides, t.strides_for, hw) if is_family(t.arch) \
+        else "auto"
+    return resolve_strides(strides, hw)
 
 
 def student_spec(cfg: StudentChoice, input_shape: tuple[int, int, int], num_classes: int = 10,

@@ -4,8 +4,8 @@ Works on every ``nn.Module`` (igkd's, torchvision's, timm's) through forward hoo
 of one image, so nothing here knows an architecture:
 
 * :func:`input_problem` says why a network cannot take images of a shape: its forward pass fails, it
-  collapses the image to 1x1 before its last stage (a strided convolution or pooling that gets a 1x1
-  map), or its output is not one logit per class. :func:`smallest_side` finds a size that works.
+  collapses the image to 1x1 before its last stage (a strided convolution or pooling, or a module the
+  caller names as the start of a stage, that gets a 1x1 map), or its output is not one logit per class. :func:`smallest_side` finds a size that works.
 * :func:`feature_taps` lists every module whose output is a feature map (a 4-D tensor); the *stage
   ends* are the last module of each spatial size, where attention transfer taps a network.
 * :func:`pair_at_layers` chooses the student's and the teacher's AT layers: named in the config, or
@@ -56,26 +56,35 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def input_problem(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None) -> str | None:
+def input_problem(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None,
+                  stage_starts: Sequence[str] = ()) -> str | None:
     """None when ``model`` takes one image of ``input_shape`` (C, H, W) and keeps a feature map larger than
-    1x1 until its last stage; else what goes wrong, in words."""
+    1x1 until its last stage; else what goes wrong, in words.
+
+    A stage begins at every strided layer, and at the modules named in ``stage_starts`` (where the
+    architecture begins a stage whatever stride it was given: a stride-1 plan hides them otherwise).
+    """
     collapsed: list[str] = []
+    strided = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+    starts = {id(m) for name, m in model.named_modules() if name in set(stage_starts)}
 
     def hook(name, module, inputs, _out):
         x = inputs[0] if inputs else None
-        stride = _pair(getattr(module, "stride", 1) or 1)
-        if isinstance(x, torch.Tensor) and x.ndim == 4 and any(
-                s > 1 and side == 1 for s, side in zip(stride, x.shape[-2:])):
+        if not (isinstance(x, torch.Tensor) and x.ndim == 4):
+            return
+        stride = _pair(module.stride or 1) if isinstance(module, strided) else (1, 1)
+        if any(s > 1 and side == 1 for s, side in zip(stride, x.shape[-2:])):
             collapsed.append(f"{name} (stride {max(stride)})")
+        elif id(module) in starts and x.shape[-2:] == (1, 1):
+            collapsed.append(f"{name} (where a stage begins)")
 
-    strided = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
     try:
-        out = dry_forward(model, input_shape, hook, lambda m: isinstance(m, strided))
+        out = dry_forward(model, input_shape, hook, lambda m: isinstance(m, strided) or id(m) in starts)
     except Exception as e:  # any failure of the forward pass is the answer
         first = (str(e).strip().splitlines() or [""])[0][:160]
         return f"its forward pass fails ({type(e).__name__}: {first})"
     if collapsed:
-        more = f", as do {len(collapsed) - 1} more strided layers after it" if len(collapsed) > 1 else ""
+        more = f", as do {len(collapsed) - 1} more layers after it" if len(collapsed) > 1 else ""
         return (f"it shrinks them to 1x1 before its last stage ({collapsed[0]} gets a 1x1 feature map{more}: "
                 "the rest of the network sees one pixel)")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or (num_classes is not None and out.shape[1] != num_classes):
@@ -91,10 +100,10 @@ def smallest_side(model: nn.Module, in_channels: int, num_classes: int | None = 
 
 
 def check_input(model: nn.Module, input_shape: Sequence[int], num_classes: int, who: str,
-                fix: str | Callable[[], str]) -> None:
+                fix: str | Callable[[], str], stage_starts: Sequence[str] = ()) -> None:
     """Refuse, with one line naming ``who`` and the ``fix`` (text, or a function that writes it), a model
-    that cannot take the data's images."""
-    problem = input_problem(model, input_shape, num_classes)
+    that cannot take the data's images (:func:`input_problem`)."""
+    problem = input_problem(model, input_shape, num_classes, stage_starts)
     if problem is not None:
         shape = "x".join(map(str, input_shape))
         raise ConfigError(f"{who} cannot take the data's {shape} (channels x height x width) images: {problem}; "
