@@ -122,6 +122,16 @@ class TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Where runs are also shown; not part of what makes a run (:meth:`Config.identity`)."""
+
+    tensorboard: bool = True  # TensorBoard event files in every run directory
+    mlflow_uri: str | None = None  # an MLflow tracking URI (server or file store); null: $MLFLOW_TRACKING_URI if set
+    mlflow_experiment: str = "igkd"
+    mlflow_parent_run: str | None = None  # the MLflow run this one nests under (a study sets it for its runs)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -131,13 +141,18 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """What makes a run: every section but ``track`` (where it is shown, not what it computes)."""
+        return {k: v for k, v in self.to_dict().items() if k != "track"}
+
     def digest(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none), to tell runs and caches apart."""
-        d = self.to_dict()
+        """A short hash of the named sections (all that make a run when none), to tell runs and caches apart."""
+        d = self.identity()
         if sections:
             d = {s: d[s] for s in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -307,6 +322,7 @@ def _validate(cfg: Config) -> None:
          "null when distill.at_student_layer names the student's AT module"),
         ("distill.at_student_layer", dc.at_student_layer, dc.at_student_layer != "", "a module name or null"),
         ("distill.at_teacher_layer", dc.at_teacher_layer, dc.at_teacher_layer != "", "a module name or null"),
+        ("track.mlflow_uri", cfg.track.mlflow_uri, cfg.track.mlflow_uri != "", "a tracking URI or null"),
     ]
     for name in ("train", "teacher_train"):
         tc: TrainConfig = getattr(cfg, name)

@@ -39,7 +39,7 @@ import torch
 
 from ..attribution import ATTRIBUTIONS, MapStore
 from ..config import METHODS, Config, config_from_dict
-from ..data.augment import blend, normalize_maps
+from ..data.augment import example_overlays
 from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
 from ..fileio import (
@@ -323,7 +323,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
     old = read_study(out)
     if old:
         try:  # a config saved by an older igkd gains the defaults of keys added since
-            same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
+            same_config = config_from_dict(old.get("config") or {}).identity() == cfg.identity()
         except ConfigError:
             same_config = False
         if not same_config or old.get("plan", {}).get("paired") != plan.paired \
@@ -370,18 +370,11 @@ def write_results(out: Path, jobs: list[Job]) -> list[dict]:
 def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> None:
     """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5)."""
     ds = load_datasets(cfg)
-    picks = []
-    for c in range(ds.train.num_classes):
-        hits = torch.nonzero(ds.train.y == c).squeeze(1)
-        if len(hits):
-            picks.append(int(hits[0]))
-    picks = picks[:count]
+    picks = ds.train.first_of_each_class(count)
     x = ds.train.x[picks]
     maps = store.get(picks)
-    normalized = normalize_maps(maps, torch.full((len(picks),), 1.5))
-    over = blend(x.float() / 255, normalized, cfg.augment.mix)
     buf = io.BytesIO()
-    np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=(over * 255).round().to(torch.uint8).numpy(),
+    np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=example_overlays(x, maps, cfg.augment.mix).numpy(),
              labels=ds.train.y[picks].numpy(), classes=np.array([ds.train.classes[int(c)] for c in ds.train.y[picks]]))
     atomic_write_bytes(path, buf.getvalue())
 

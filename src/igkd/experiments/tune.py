@@ -292,7 +292,7 @@ def _storage_label(url: str | None) -> str:
 def _claim(out: Path, cfg: Config, plan: TunePlan) -> dict:
     """Write tune.json, or check that the search already in ``out`` is this one (``--trials`` may grow)."""
     identity = {"kind": "tune", "method": plan.method, "space": plan.space.values, "sampler": plan.sampler,
-                "seed": plan.seed, "config": cfg.to_dict()}
+                "seed": plan.seed, "config": cfg.identity()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     record = {**identity, "storage": _storage_label(plan.storage), "trials": plan.target,
               "objective": OBJECTIVE, "train_seed": cfg.train.seed, "dataset": cfg.data.name,
@@ -300,7 +300,7 @@ def _claim(out: Path, cfg: Config, plan: TunePlan) -> dict:
     if (out / "tune.json").is_file():
         old, _ = read_tune(out)
         try:  # a config saved by an older igkd gains the defaults of keys added since
-            same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
+            same_config = config_from_dict(old.get("config") or {}).identity() == record["config"]
         except ConfigError:
             same_config = False
         if not same_config or any(old.get(k) != record[k] for k in ("kind", "method", "space", "sampler", "seed",
