@@ -1,16 +1,25 @@
-"""TensorBoard events in every run directory, following metrics.jsonl; a failure to write is a warning."""
+"""TensorBoard events in every run directory, following metrics.jsonl; MLflow in a file store and on a real
+``mlflow server`` (a study as a parent run with its runs nested); a failure to write is a warning."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
 
 from igkd.config import load_config
+from igkd.errors import ConfigError
+from igkd.experiments.study import StudyPlan, run_study
 from igkd.pipeline import distill, precompute, train_teacher
-from igkd.tracking import EVENT_FILES, scalar_tags
+from igkd.tracking import EVENT_FILES, MLFLOW_FILE, scalar_tags
 
 from .toy_data import toy_settings, write_quadrants_npz
 
@@ -131,3 +140,141 @@ def test_where_a_run_is_shown_is_not_part_of_what_it_is(toy, capsys):
     assert again["test_acc_last"] == first["test_acc_last"] and again["files"] == first["files"]
     assert "student: reusing" in capsys.readouterr().out
     assert load_config(None, ["train.epochs=2"]).digest() != shown.digest()
+
+
+def test_the_mlflow_uri_comes_from_the_config_or_the_environment_and_local_stores_are_absolute(tmp_path,
+                                                                                            monkeypatch):
+    from igkd.tracking import mlflow_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_uri(load_config(None, [])) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mlflow_uri(load_config(None, [])) == "http://127.0.0.1:5000"
+    for given, store in (("file:./mlruns", "mlruns"), ("mlruns", "mlruns"), ("runs/ml", "runs/ml")):
+        assert mlflow_uri(load_config(None, [f"track.mlflow_uri={given}"])) == (tmp_path / store).as_uri()
+    assert mlflow_uri(load_config(None, ["track.mlflow_uri=sqlite:///m.db"])) == f"sqlite:///{tmp_path / 'm.db'}"
+    assert mlflow_uri(load_config(None, ["track.mlflow_uri=sqlite:////abs/m.db"])) == "sqlite:////abs/m.db"
+    with pytest.raises(ConfigError, match="bad value for track.mlflow_uri"):
+        load_config(None, ["track.mlflow_uri="  "''"])
+
+
+# -- MLflow ----------------------------------------------------------------------------------------
+
+
+def client(uri: str):
+    return pytest.importorskip("mlflow").MlflowClient(tracking_uri=uri)
+
+
+def runs_of(uri: str) -> list:
+    c = client(uri)
+    experiment = c.get_experiment_by_name("igkd")
+    return c.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def assert_logged_like_the_run(uri: str, run_dir: Path, method: str) -> None:
+    c = client(uri)
+    run_id = json.loads((run_dir / MLFLOW_FILE).read_text())["run_id"]
+    logged = c.get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == run_dir.name
+    assert logged.data.params["distill.method"] == method and "track.mlflow_uri" not in logged.data.params
+    lines = metrics(run_dir)
+    for tag in ("loss/total", "accuracy/test", "train/lr"):
+        history = sorted((m.step, m.value) for m in c.get_metric_history(run_id, tag))
+        assert history == [(h["epoch"], pytest.approx(scalar_tags(h)[tag])) for h in lines], tag
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert logged.data.metrics["summary/test_acc_last"] == pytest.approx(summary["test_acc_last"])
+    files = {a.path for a in c.list_artifacts(run_id)}
+    assert {"config.yaml", "env.json", "metrics.jsonl", "summary.json", "model.pt"} <= files
+
+
+@pytest.mark.slow
+def test_a_run_logs_to_a_file_store_and_a_resumed_run_continues_it(toy, tmp_path, monkeypatch):
+    tmp, over = toy
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store on request
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = load_config(None, [*over, "distill.method=kd_ig", "train.epochs=3", f"track.mlflow_uri={uri}"])
+
+    def stop_after_first(epoch, _record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        distill(cfg, tmp_path / "run", progress=False, on_epoch_end=stop_after_first)
+    (first,) = runs_of(uri)
+    assert first.info.status == "FAILED"
+    distill(cfg, tmp_path / "run", resume=True, progress=False)
+    (again,) = runs_of(uri)  # the same MLflow run, each epoch once
+    assert again.info.run_id == first.info.run_id
+    assert_logged_like_the_run(uri, tmp_path / "run", "kd_ig")
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_is_a_warning_and_the_run_finishes(toy, tmp_path, monkeypatch):
+    tmp, over = toy
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")  # nothing listens
+    with pytest.warns(RuntimeWarning, match=r"MLflow: could not write .*the run goes on"):
+        summary = distill(load_config(None, [*over, "distill.method=student"]), tmp_path / "run", progress=False)
+    assert summary["epochs"] == 2 and (tmp_path / "run" / "summary.json").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (a free port), stopped at the end."""
+    pytest.importorskip("mlflow")
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp_path / "artefacts"), "--workers", "1"]
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_a_study_is_a_parent_run_with_its_runs_nested_on_a_server(toy, tmp_path, monkeypatch, mlflow_server):
+    tmp, over = toy
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    cfg = load_config(None, [o for o in over if not o.startswith("teacher.checkpoint=")])  # the study trains it
+    out = tmp_path / "study"
+    run_study(cfg, StudyPlan("montecarlo", ["student", "kd_ig"], 1, [11]), out, workers=1)
+    runs = {r.info.run_name: r for r in runs_of(mlflow_server)}
+    parent = runs.pop("study")
+    assert parent.info.status == "FINISHED" and parent.data.tags["igkd.role"] == "montecarlo"
+    assert json.loads(parent.data.params["plan.methods"]) == ["student", "kd_ig"]
+    assert {a.path for a in client(mlflow_server).list_artifacts(parent.info.run_id)} >= {"study.json",
+                                                                                         "results.csv"}
+    assert set(runs) == {"teacher", "student-k11-r000", "kd_ig-k11-r000"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
+    for name in ("student", "kd_ig"):
+        assert_logged_like_the_run(mlflow_server, out / "runs" / f"{name}-k11-r000", name)

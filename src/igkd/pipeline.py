@@ -227,7 +227,8 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
     device, ds, data = _prepare(cfg, tc)
     teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx, RunTracker(run, cfg, active=ctx.is_main) as tracker:
+    with _claim(run, cfg, tc, resume, device) as ctx, \
+            RunTracker(run, cfg, active=ctx.is_main, role="teacher") as tracker:
         t0 = time.perf_counter()
         history = fit(Distiller(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
                       resume=resume, progress=progress, desc="teacher", on_epoch_end=tracker.follow(on_epoch_end))

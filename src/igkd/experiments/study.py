@@ -58,6 +58,7 @@ from ..pipeline import (
     train_teacher,
 )
 from ..runs import RunDir
+from ..tracking import StudyTracker
 from ..utils import derive_seed
 from .results import read_results, read_study
 
@@ -195,7 +196,13 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
     cfg = copy.deepcopy(cfg)
     cfg.train.subset_fraction = plan.train_fraction
     _claim(out, cfg, plan)
+    with StudyTracker(cfg, out, ("study.json", "results.csv")) as tracker:  # MLflow: the parent of its runs
+        tracker.start(plan.kind, {"plan": asdict(plan)})
+        return _run_jobs(tracker.nest(cfg), plan, out, workers, threads_per_run, address, progress, on_result)
 
+
+def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, threads_per_run: int | None,
+              address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None) -> list[dict]:
     cfg = prepare_shared(cfg, out, plan.arms, progress)
 
     jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")

@@ -24,6 +24,7 @@ share the study, and a trial counts as stale once its heartbeat stops (Optuna's 
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import inspect
@@ -44,6 +45,7 @@ from ..fileio import atomic_write_text, write_checked_json, write_with_sidecar
 from ..locks import FileLock
 from ..pipeline import load_datasets
 from ..runs import RunDir
+from ..tracking import StudyTracker
 from .results import read_tune, value_text
 from .study import Arm, prepare_shared, ray_result, ray_session, run_job
 
@@ -246,19 +248,23 @@ def run_tune(cfg: Config, plan: TunePlan, out: str | Path, workers: int | None =
     out = Path(out).resolve()
     optuna = _optuna()
     storage = _open_storage(optuna, out, plan) if plan.storage else None  # a bad URL before anything is written
-    with FileLock(out, "search folder"):
-        record = _claim(out, cfg, plan)
-        arms = [Arm(plan.method, plan.method, maps) for maps in dict.fromkeys(plan.overlay_maps(cfg))]
-        shared = prepare_shared(cfg, out, arms, progress)
-        study = _open_study(optuna, storage or _open_storage(optuna, out, plan), plan, record["study_name"])
-        again = _recover(optuna, study, plan.space, all_running_are_stale=plan.storage is None)
-        if again:
-            print(f"continuing interrupted trials {', '.join(map(str, again))} from their run directories",
-                  flush=True)
-        search = _Search(shared, plan, out, study)
-        if plan.storage is None:  # the only driver: hold the folder to the end
-            return search.run(workers, threads_per_run, address)
-    return search.run(workers, threads_per_run, address)  # several drivers share the study
+    with StudyTracker(cfg, out, ("tune.json", "trials.csv", "best.yaml")) as tracker:  # MLflow: a parent run
+        with FileLock(out, "search folder"):
+            record = _claim(out, cfg, plan)
+            tracker.start("tune", {"search": {k: record[k] for k in ("method", "space", "sampler", "seed",
+                                                                      "trials")}})
+            cfg = tracker.nest(copy.deepcopy(cfg))
+            arms = [Arm(plan.method, plan.method, maps) for maps in dict.fromkeys(plan.overlay_maps(cfg))]
+            shared = prepare_shared(cfg, out, arms, progress)
+            study = _open_study(optuna, storage or _open_storage(optuna, out, plan), plan, record["study_name"])
+            again = _recover(optuna, study, plan.space, all_running_are_stale=plan.storage is None)
+            if again:
+                print(f"continuing interrupted trials {', '.join(map(str, again))} from their run directories",
+                      flush=True)
+            search = _Search(shared, plan, out, study)
+            if plan.storage is None:  # the only driver: hold the folder to the end
+                return search.run(workers, threads_per_run, address)
+        return search.run(workers, threads_per_run, address)  # several drivers share the study
 
 
 def _optuna():
