@@ -29,11 +29,11 @@ def accuracy(method: str, k: int, run: int) -> float:
     return round(88.0 - 2.0 * (k - 5) + OFFSET[method] + 0.7 * run + noise, 2)
 
 
-def make_study(root, groups=(5,), methods=METHODS, runs=4, paired=True, gallery_channels=1):
+def make_study(root, groups=(5,), methods=METHODS, runs=4, paired=True, gallery_channels=1, contrasts=()):
     root.mkdir(exist_ok=True)
     study = {"kind": "sweep" if len(groups) > 1 else "montecarlo", "methods": list(methods),
              "runs": runs, "paired": paired, "train_fraction": 0.8, "remove_blocks": list(groups),
-             "baseline": "student", "dataset": "fashion_mnist",
+             "baseline": "student", "dataset": "fashion_mnist", "contrasts": [list(c) for c in contrasts],
              "teacher": {"test_acc": 91.3, "params": 2_236_682, "macs": 6_000_000}, "config": {}}
     write_checked_json(root / "study.json", study)
     rows = []
@@ -110,6 +110,27 @@ def test_montecarlo_report(tmp_path):
         assert (study / "report_files" / f"{name}.png").is_file()
         assert f"(report_files/{name}.png)" in md
     assert not (study / "report_files" / "accuracy_vs_compression.png").exists()
+
+
+def test_planned_contrasts_are_tested_together_with_holm(tmp_path):
+    methods = ["student", "kd", "kd_ig", "kd_ig+noise_maps"]
+    pairs = [("kd_ig", "kd"), ("kd_ig", "kd_ig+noise_maps")]
+    study = make_study(tmp_path / "study", methods=methods, runs=5, contrasts=pairs)
+    md = write_report(study)[1].read_text()
+    assert "## Planned comparisons" in md
+    acc = {m: [accuracy(m, 5, r) for r in range(5)] for m in methods}
+    raw = [stats.ttest_rel(acc[a], acc[b]).pvalue for a, b in pairs]
+    # Holm for two p-values: the smaller doubled, the larger kept unless below that (all capped at 1)
+    low = min(1.0, 2 * min(raw))
+    holm = [low if p == min(raw) else min(1.0, max(p, low)) for p in raw]
+    for (a, b), p, ph in zip(pairs, raw, holm):
+        row = md_rows(md, f"{a} - {b}")[0]
+        diff = np.mean(np.subtract(acc[a], acc[b]))
+        assert row[1] == "5" and row[2].startswith(f"{diff:+.2f}")
+        assert row[5] == fmt_p(p) and row[6] == fmt_p(ph)
+    # without contrasts the section is absent
+    plain = write_report(make_study(tmp_path / "plain", methods=methods, runs=5))[1].read_text()
+    assert "Planned comparisons" not in plain
 
 
 def test_sweep_report_unpaired(tmp_path):

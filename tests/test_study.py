@@ -78,6 +78,21 @@ def test_same_command_resumes_and_skips_finished_runs(study, capsys):
     assert code == 2 and "another study" in capsys.readouterr().err
 
 
+def test_tensorboard_on_the_study_folder_compares_its_runs(study):
+    """``tensorboard --logdir STUDY``: one event stream per run (and the teacher's), named by its folder."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(study))
+    mux.Reload()
+    rows = _rows(study)
+    assert set(mux.Runs()) == {"teacher", *(r["run_dir"] for r in rows)}
+    for r in rows:
+        accuracy = [e.value for e in mux.Scalars(r["run_dir"], "accuracy/test")]
+        assert accuracy == [pytest.approx(float(r["test_acc_last"]), rel=1e-6)]
+    ig_runs = {r["run_dir"] for r in rows if r["method"] != "student"}
+    assert {run for run in mux.Runs() if "ig/overlays" in mux.Runs()[run]["images"]} == ig_runs
+
+
 def test_report_and_evaluate_from_the_study(study, capsys):
     assert main(["report", str(study)]) == 0
     html = (study / "report.html").read_text()

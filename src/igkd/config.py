@@ -290,6 +290,18 @@ class TrainConfig(BaseModel):
         None, description="data-parallel: batch norm over the global batch; null = on CUDA (GPU-only in torch)")
 
 
+class TrackConfig(BaseModel):
+    """Where runs are also shown; not part of what makes a run (:meth:`Config.identity`)."""
+
+    model_config = _STRICT
+    tensorboard: bool = Field(True, description="TensorBoard event files in every run directory")
+    mlflow_uri: Annotated[str | None, Field(min_length=1), Allowed("a tracking URI or null")] = Field(
+        None, description="an MLflow tracking URI (server or file store); null: $MLFLOW_TRACKING_URI if set")
+    mlflow_experiment: str = Field("igkd", description="the MLflow experiment runs are logged to")
+    mlflow_parent_run: str | None = Field(
+        None, description="the MLflow run this one nests under (a study sets it for its runs)")
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", title="igkd config")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -300,6 +312,7 @@ class Config(BaseModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher_train: TrainConfig = Field(default_factory=TrainConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
 
     @model_validator(mode="after")
     def _truncated_needs_the_family(self) -> Config:
@@ -333,9 +346,13 @@ class Config(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
+    def identity(self) -> dict:
+        """What makes a run: every section but ``track`` (where it is shown, not what it computes)."""
+        return {k: v for k, v in self.to_dict().items() if k != "track"}
+
     def digest(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none), to tell runs and caches apart."""
-        d = self.to_dict()
+        """A short hash of the named sections (all that make a run when none), to tell runs and caches apart."""
+        d = self.identity()
         if sections:
             d = {s: d[s] for s in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -32,6 +32,7 @@ from .data import (
     stratified_split,
     stratified_subset,
 )
+from .data.augment import example_overlays
 from .data.catalog import known_image_shape
 from .data.control_maps import control_maps
 from .data.image_dataset import ImageDataset
@@ -58,6 +59,7 @@ from .models import (
     student_spec,
 )
 from .runs import RunDir, environment, load_weights
+from .tracking import RunTracker
 from .utils import derive_seed, setup_device
 
 
@@ -203,9 +205,10 @@ def _claim(run: RunDir, cfg: Config, tc: TrainConfig, resume: bool,
             yield ctx
 
 
-def _finish(run: RunDir, history: list[dict], extra: dict, ctx: distributed.DistContext) -> dict:
+def _finish(run: RunDir, history: list[dict], tracker: RunTracker, extra: dict,
+            ctx: distributed.DistContext) -> dict:
     summary = {**extra, **summarize(history)}
-    return run.write_summary(summary) if ctx.is_main else summary
+    return tracker.finish(run.write_summary(summary)) if ctx.is_main else summary
 
 
 TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "augment")
@@ -222,6 +225,7 @@ def teacher_config(cfg: Config) -> Config:
     out.teacher.checkpoint = None
     out.augment.overlay_p = Config().augment.overlay_p  # the teacher trains without the overlay
     out.augment.maps = Config().augment.maps
+    out.track = copy.deepcopy(cfg.track)  # shown where the students are (not part of its identity)
     return out
 
 
@@ -229,7 +233,7 @@ def run_or_reuse(out: Path, cfg: Config, fn, label: str, step: str = "", progres
     """The summary of the finished run of ``cfg`` in ``out``; else run ``fn`` there (resuming if begun)."""
     run = RunDir(out)
     prefix = f"{step} " if step else ""
-    if run.complete and run.saved_config() is not None and run.saved_config().to_dict() == cfg.to_dict():
+    if run.complete and run.saved_config() is not None and run.saved_config().identity() == cfg.identity():
         print(f"{prefix}{label}: reusing {out}", flush=True)
         return run.summary()
     print(f"{prefix}{label}: training -> {out}", flush=True)
@@ -243,11 +247,12 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
     device, ds, data = _prepare(cfg, tc)
     teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx:
+    with _claim(run, cfg, tc, resume, device) as ctx, \
+            RunTracker(run, cfg, active=ctx.is_main, role="teacher") as tracker:
         t0 = time.perf_counter()
         history = fit(Distiller(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
-                      resume=resume, progress=progress, desc="teacher", on_epoch_end=on_epoch_end)
-        return _finish(run, history, ctx=ctx, extra={
+                      resume=resume, progress=progress, desc="teacher", on_epoch_end=tracker.follow(on_epoch_end))
+        return _finish(run, history, tracker, ctx=ctx, extra={
             "role": "teacher",
             "arch": teacher_arch(cfg, ds.train.image_shape[1:]),
             "dataset": ds.train.name,
@@ -360,16 +365,20 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
                           teacher_at_layer=teacher_at_layer,
                           at_modules=(at_pair.student, at_pair.teacher) if by_name else None)
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx:
+    with _claim(run, cfg, tc, resume, device) as ctx, RunTracker(run, cfg, active=ctx.is_main) as tracker:
+        if maps is not None:
+            picks = ds.train.first_of_each_class(8)
+            x = ds.train.x[picks]
+            tracker.show_examples(x, maps[picks], example_overlays(x, maps[picks], cfg.augment.mix))
         t0 = time.perf_counter()
         history = fit(distiller, data, tc, cfg.augment, run, device,
                       maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
-                      desc=method, on_epoch_end=on_epoch_end)
+                      desc=method, on_epoch_end=tracker.follow(on_epoch_end))
         teacher_acc = None
         if teacher_hash is not None:
             teacher_acc = evaluate(teacher, ds.test.x.to(device), ds.test.y.to(device), ds.convention,
                                    tc.eval_batch_size)
-        return _finish(run, history, ctx=ctx, extra={
+        return _finish(run, history, tracker, ctx=ctx, extra={
             "role": "student",
             "method": method,
             "overlay_maps": cfg.augment.maps if uses_ig else None,

@@ -208,7 +208,7 @@ class RunDir:
                 if not resume:
                     raise ConfigError(f"run directory {self.path} already holds a run; pass --resume or choose "
                                       "another --out")
-                if saved.to_dict() != cfg.to_dict():
+                if saved.identity() != cfg.identity():
                     raise ConfigError(f"run directory {self.path} holds a run with another config; drop --resume "
                                       "or choose another --out")
             atomic_write_text(self.file("config.yaml"), dump_config(cfg))

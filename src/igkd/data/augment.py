@@ -146,6 +146,13 @@ def blend(images01: torch.Tensor, normalized_maps: torch.Tensor, mix: float = 0.
     return out.clamp_(0.0, 1.0).to(images01.dtype)
 
 
+def example_overlays(images: torch.Tensor, maps: torch.Tensor, mix: float = 0.5, power: float = 1.5) -> torch.Tensor:
+    """uint8 images (B, C, H, W) overlaid with their maps sharpened by one ``power`` (what a reader is
+    shown of the overlay: the report's gallery, TensorBoard), as uint8."""
+    over = blend(images.float() / 255, normalize_maps(maps, torch.full((len(images),), power)), mix)
+    return (over * 255).round().to(torch.uint8)
+
+
 def _check_overlay_args(images01: torch.Tensor, maps: torch.Tensor) -> None:
     if images01.dim() != 4 or not images01.is_floating_point():
         raise ValueError(f"images01 must be float (B, C, H, W), got {images01.dtype} {tuple(images01.shape)}")

@@ -45,6 +45,15 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
+    def first_of_each_class(self, count: int) -> list[int]:
+        """The position of each class's first image, in class order, at most ``count`` of them."""
+        picks = []
+        for c in range(self.num_classes):
+            hits = torch.nonzero(self.y == c).squeeze(1)
+            if len(hits):
+                picks.append(int(hits[0]))
+        return picks[:count]
+
     def subset(self, positions: torch.Tensor) -> ImageDataset:
         positions = torch.as_tensor(positions, dtype=torch.int64)
         return ImageDataset(self.name, self.x[positions], self.y[positions], self.classes, self.index[positions])

@@ -6,6 +6,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -113,6 +114,77 @@ def fit(
     if distiller.spec.ig and maps is None:
         raise ValueError("the IG overlay needs maps")
     ctx = distributed.current()
+    sync_bn = _place(distiller, cfg, ctx, device)
+    model = distiller.student
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    autocast = functools.partial(torch.autocast, device.type, dtype=_AMP_DTYPES.get(cfg.amp),
+                                 enabled=cfg.amp != "none")
+    saver = Checkpointer(run, model, optimizer, scaler, ctx, cfg.checkpoint_every)
+    history, start_epoch, best_val, partial = saver.restore(resume, desc, cfg.epochs)
+    step_module: nn.Module = distributed.data_parallel(distiller, device) if ctx.enabled else distiller
+    if cfg.compile:
+        step_module.compile()
+    on_device = _DeviceData.of(data, device)
+    maps = maps if distiller.spec.ig and aug.overlay_p > 0 else None
+    guard = FiniteGuard(cfg.check_finite_every, ctx, run.checkpoint, desc)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        plan = EpochPlan.draw(cfg, aug, epoch, data.train_pos, on_device.x_train.shape[2:], maps is not None, ctx,
+                              device)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, epoch)
+        distiller.train()
+        tally = plan.begin(partial, ctx, device)  # fresh, or where a checkpoint inside this epoch stopped
+        partial = None
+        guard.begin(epoch, tally.steps)
+        batches = plan.batches(after=tally.steps)
+        with progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                          enabled=progress if ctx.is_main else False, initial=tally.steps,
+                          total=tally.steps + len(batches)) as bar:
+            for step, i in enumerate(bar, start=tally.steps + 1):
+                n = plan.size_at(i)
+                if n < plan.min_batch:
+                    continue
+                lo, hi = ctx.shard(n)  # this rank's part of the global batch
+                x, y = load_batch(on_device.x_train, on_device.y_train, maps, plan.order[i + lo:i + hi],
+                                  plan.draws.rows(i + lo, i + hi), data.convention, aug.mix, cfg.channels_last)
+                with autocast():
+                    logits, losses = step_module(x, y)
+                loss = sum(losses.values())
+                guard.check(loss, losses, step)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(_share_of_global_mean(loss, hi - lo, n, ctx)).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                tally.add(losses, logits, y, hi - lo, n)
+                guard.every_n_steps(step)
+                if saver.due(step) and not plan.is_last(i):
+                    guard.settle(step)  # never save weights a non-finite loss has updated
+                    _gather(model, tally, sync_bn, ctx)
+                    saver.save(epoch, history, best_val, within=tally.partial(step, ctx, device))
+                    tally.carry_on(ctx)
+        guard.settle(plan.steps)
+        _gather(model, tally, sync_bn, ctx)  # one model to evaluate and save
+        with autocast():
+            record = tally.record(epoch, optimizer.param_groups[0]["lr"],
+                                  *on_device.accuracies(model, data.convention, cfg.eval_batch_size, ctx))
+        history.append(record)
+        if len(on_device.y_val) and record["val_acc"] > best_val:
+            best_val = record["val_acc"]
+            saver.save_weights("best.pt")
+        saver.save(epoch + 1, history, best_val)
+        if ctx.is_main:
+            run.write_metrics(history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+    saver.save_weights("model.pt")
+    return history
+
+
+def _place(distiller: Distiller, cfg: TrainConfig, ctx: DistContext, device: torch.device) -> bool:
+    """Check the global batch, move the models to ``device`` in the configured memory format and, when
+    batch norm is synchronised over the ranks, convert the student's; return whether it is."""
     if cfg.batch_size < 2 * ctx.world_size:
         raise ConfigError(f"bad value for train.batch_size: {cfg.batch_size} (allowed: >= {2 * ctx.world_size}: "
                           f"the global batch, at least 2 images for each of {ctx.world_size} processes)")
@@ -122,168 +194,21 @@ def fit(
         distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
     if cfg.channels_last:
         distiller.to(memory_format=torch.channels_last)
-    model = distiller.student
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    autocast = functools.partial(torch.autocast, device.type, dtype=_AMP_DTYPES.get(cfg.amp),
-                                 enabled=cfg.amp != "none")
-    history: list[dict] = []
-    start_epoch = 0
-    best_val = float("-inf")
-    partial = None  # where a checkpoint taken inside an epoch stopped
-    # checksum checked, never runs code; read by rank 0 and sent to the others (no shared file system needed)
-    state = distributed.on_main(ctx, lambda: load_checkpoint(run.checkpoint) if resume and run.checkpoint.is_file()
-                                else None)
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler.is_enabled() and "scaler" in state:
-                scaler.load_state_dict(state["scaler"])
-            history, start_epoch, best_val = state["history"], state["epoch"], state["best_val"]
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{run.checkpoint} is not this run's training state ({type(e).__name__}); "
-                                  f"delete {run.path} to start again") from None
-        partial = state.get("partial")
-        where = (f"at epoch {start_epoch + 1}, step {partial['steps'] + 1}" if partial
-                 else f"at epoch {start_epoch + 1}" if start_epoch < cfg.epochs else "after its last epoch")
-        if ctx.is_main:
-            print(f"{desc}: resuming {run.path} from its checkpoint {where}", flush=True)
-    step_module: nn.Module = distributed.data_parallel(distiller, device) if ctx.enabled else distiller
-    if cfg.compile:
-        step_module.compile()
+    return sync_bn
 
-    x_train, y_train = data.train.x.to(device), data.train.y.to(device)
-    x_test, y_test = data.test.x.to(device), data.test.y.to(device)
-    val_pos = data.val_pos.to(device)
-    x_val, y_val = x_train[val_pos], y_train[val_pos]
-    use_overlay = distiller.spec.ig and aug.overlay_p > 0
-    min_batch = 2 * ctx.world_size  # batch norm cannot train on one sample, in any process
 
-    def checkpoint(epochs_done: int, within: dict | None = None) -> None:
-        if not ctx.is_main:
-            return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epochs_done,
-                 "history": history, "best_val": best_val, "partial": within}
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        save_checkpoint(state, run.checkpoint)
+def _share_of_global_mean(loss: torch.Tensor, part: int, n: int, ctx: DistContext) -> torch.Tensor:
+    """DDP averages gradients over the ranks: weighting each rank's loss by its share ``part`` of the
+    global batch of ``n`` makes the update the global batch's mean."""
+    return loss * (part * ctx.world_size / n) if ctx.enabled else loss
 
-    def stop(epoch: int, what: str, where: str) -> NumericalError:
-        kept = (f"{run.checkpoint} keeps the last good state" if run.checkpoint.is_file()
-                else "no checkpoint had been written yet")
-        return NumericalError(f"{desc}: the loss became {what} at epoch {epoch + 1}, {where}; training stopped and "
-                              f"{kept}: lower the learning rate or check the data")
 
-    def check_pending(pending: _PendingCheck, epoch: int, step: int, bar) -> None:
-        first = pending.failed(step, ctx)
-        if first is not None:
-            bar.close()
-            every = f"every {cfg.check_finite_every} steps" if cfg.check_finite_every else "at epoch ends"
-            raise stop(epoch, "non-finite", f"between steps {first} and {step} (checked {every}; "
-                       "train.check_finite_every=1 stops before the bad update)")
-
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", epoch))
-        overlay_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "overlay", epoch))
-        # dropout and anything else global; other ranks get streams of their own
-        torch.manual_seed(derive_seed(cfg.seed, "torch", epoch, *(("rank", ctx.rank) if ctx.rank else ())))
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(cfg, epoch)
-        order = data.train_pos[torch.randperm(len(data.train_pos), generator=gen)]
-        sizes = [min(cfg.batch_size, len(order) - i) for i in range(0, len(order), cfg.batch_size)]
-        draws = draw_batches([b for b in sizes if b >= min_batch], *x_train.shape[2:], aug.crop_padding, aug.flip,
-                             gen, aug.overlay_p if use_overlay else 0.0, tuple(aug.power_range),
-                             overlay_gen).to(device)
-        order_dev = order.to(device)
-        distiller.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen, done, elapsed = 0, 0, 0.0
-        if partial is not None:  # continue inside the epoch: its draws are made again, the RNG is restored
-            rng = partial.get("rng") or [(partial["torch_rng"], None)]  # (older checkpoints: one CPU state)
-            if len(rng) == ctx.world_size:  # else another number of processes: fresh streams from the seed
-                _set_rng_state(rng[ctx.rank], device)
-            sums = {k: v.to(device) for k, v in partial["sums"].items()}
-            correct = partial["correct"].to(device)
-            if not ctx.is_main:  # rank 0 carries the totals so far
-                sums, correct = {k: torch.zeros_like(v) for k, v in sums.items()}, torch.zeros_like(correct)
-            seen, done, elapsed = partial["seen"], partial["steps"], partial["elapsed_s"]
-            partial = None
-        batches = range(done * cfg.batch_size, len(order), cfg.batch_size)
-        bar = progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
-                           enabled=progress if ctx.is_main else False, initial=done, total=done + len(batches))
-        pending = _PendingCheck(done)
-        for step, i in enumerate(bar, start=done + 1):
-            n = min(cfg.batch_size, len(order) - i)
-            if n < min_batch:
-                continue
-            lo, hi = ctx.shard(n)
-            x, y = load_batch(x_train, y_train, maps if use_overlay else None, order_dev[i + lo:i + hi],
-                              draws.rows(i + lo, i + hi), data.convention, aug.mix, cfg.channels_last)
-            with autocast():
-                logits, losses = step_module(x, y)
-            loss = sum(losses.values())
-            bad = ~torch.isfinite(loss)
-            if cfg.check_finite_every == 1:
-                if _on_any_rank(bad, ctx):  # stop before the update: the last checkpoint stays good
-                    bar.close()
-                    terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
-                    what = (f"{loss.item()} ({terms})" if not ctx.enabled else f"non-finite in at least one of "
-                            f"{ctx.world_size} processes (rank {ctx.rank}: {loss.item()}, {terms})")
-                    raise stop(epoch, what, f"step {step}")
-            else:
-                pending.add(bad)
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages over the ranks: weighting by the share of the batch makes it the global mean
-            scaler.scale(loss * ((hi - lo) * ctx.world_size / n) if ctx.enabled else loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() * (hi - lo)
-            correct += (logits.argmax(1) == y).sum()
-            seen += n
-            if cfg.check_finite_every > 1 and step % cfg.check_finite_every == 0:
-                check_pending(pending, epoch, step, bar)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + cfg.batch_size < len(order):
-                check_pending(pending, epoch, step, bar)  # never save weights a non-finite loss has updated
-                if not sync_bn:
-                    distributed.average_buffers(model, ctx)
-                sums, correct = _sum_over_ranks(sums, correct, ctx)
-                checkpoint(epoch, {"steps": step, "rng": ctx.all_gather_object(_rng_state(device)), "sums": sums,
-                                   "correct": correct, "seen": seen, "elapsed_s": elapsed + time.perf_counter() - t0})
-                if not ctx.is_main:  # rank 0 carries the totals on, as a resumed run does
-                    sums, correct = {k: torch.zeros_like(v) for k, v in sums.items()}, torch.zeros_like(correct)
-        bar.close()
-        check_pending(pending, epoch, len(sizes), bar)
-        if not sync_bn:
-            distributed.average_buffers(model, ctx)  # one model to evaluate and save
-        sums, correct = _sum_over_ranks(sums, correct, ctx)
-        with autocast():
-            record = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{f"loss_{k}": (v / seen).item() for k, v in sums.items()},
-                "train_acc": 100.0 * correct.item() / max(seen, 1),
-                "val_acc": evaluate(model, x_val, y_val, data.convention, cfg.eval_batch_size, ctx),
-                "test_acc": evaluate(model, x_test, y_test, data.convention, cfg.eval_batch_size, ctx),
-                "epoch_time_s": elapsed + time.perf_counter() - t0,
-            }
-        record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
-        history.append(record)
-        if len(val_pos) and record["val_acc"] > best_val:
-            best_val = record["val_acc"]
-            if ctx.is_main:
-                save_checkpoint({"model": model.state_dict()}, run.file("best.pt"))
-        checkpoint(epoch + 1)
-        if ctx.is_main:
-            run.write_metrics(history)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
-    if ctx.is_main:
-        save_checkpoint({"model": model.state_dict()}, run.file("model.pt"))
-    return history
+def _gather(model: nn.Module, tally: EpochTally, sync_bn: bool, ctx: DistContext) -> None:
+    """Bring the ranks together before a checkpoint or an evaluation: batch-norm statistics averaged
+    (unless synchronised all along), the epoch's sums summed."""
+    if not sync_bn:
+        distributed.average_buffers(model, ctx)
+    tally.reduce(ctx)
 
 
 def training_environment(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> dict:
@@ -301,22 +226,233 @@ def training_environment(cfg: TrainConfig, ctx: DistContext, device: torch.devic
     return env
 
 
-class _PendingCheck:
-    """Non-finite losses not yet read back from the device (``train.check_finite_every`` != 1)."""
+@dataclass
+class _DeviceData:
+    """The training images and labels, the validation and test sets, moved to the device once."""
 
-    def __init__(self, checked: int):
-        self.flag: torch.Tensor | None = None
-        self.checked = checked  # the last step known good
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
 
-    def add(self, bad: torch.Tensor) -> None:
-        self.flag = bad if self.flag is None else self.flag | bad
+    @classmethod
+    def of(cls, data: TrainingData, device: torch.device) -> _DeviceData:
+        x_train, y_train = data.train.x.to(device), data.train.y.to(device)
+        val_pos = data.val_pos.to(device)
+        return cls(x_train, y_train, x_train[val_pos], y_train[val_pos], data.test.x.to(device),
+                   data.test.y.to(device))
 
-    def failed(self, step: int, ctx: DistContext) -> int | None:
-        """The first step of the failed span, or None (and all is known good up to ``step``)."""
+    def accuracies(self, model: nn.Module, convention: InputConvention, batch_size: int,
+                   ctx: DistContext) -> tuple[float, float]:
+        """Validation and test accuracy (percent)."""
+        return (evaluate(model, self.x_val, self.y_val, convention, batch_size, ctx),
+                evaluate(model, self.x_test, self.y_test, convention, batch_size, ctx))
+
+
+@dataclass
+class EpochPlan:
+    """What an epoch draws at its start, from generators seeded by (seed, epoch): the order of the
+    training set and every batch's augmentation, the same on every rank for the whole global batch."""
+
+    order: torch.Tensor  # training-set positions, on the device
+    draws: AugmentDraws  # one row per image of each batch that trains
+    batch_size: int  # the global batch
+    min_batch: int  # smaller batches (the last) are skipped: batch norm needs 2 images in each process
+    started: float  # perf_counter at the epoch's start
+
+    @classmethod
+    def draw(cls, cfg: TrainConfig, aug: AugmentConfig, epoch: int, train_pos: torch.Tensor,
+             image_hw: tuple[int, int], overlay: bool, ctx: DistContext, device: torch.device) -> EpochPlan:
+        """The plan of ``epoch``; also seeds the global generators (dropout) for it, per rank."""
+        started = time.perf_counter()
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", epoch))
+        overlay_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "overlay", epoch))
+        # dropout and anything else global; other ranks get streams of their own
+        torch.manual_seed(derive_seed(cfg.seed, "torch", epoch, *(("rank", ctx.rank) if ctx.rank else ())))
+        order = train_pos[torch.randperm(len(train_pos), generator=gen)]
+        min_batch = 2 * ctx.world_size
+        sizes = [min(cfg.batch_size, len(order) - i) for i in range(0, len(order), cfg.batch_size)]
+        draws = draw_batches([b for b in sizes if b >= min_batch], *image_hw, aug.crop_padding, aug.flip, gen,
+                             aug.overlay_p if overlay else 0.0, tuple(aug.power_range), overlay_gen).to(device)
+        return cls(order.to(device), draws, cfg.batch_size, min_batch, started)
+
+    @property
+    def steps(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def batches(self, after: int) -> range:
+        """The start positions of the batches after the first ``after`` steps."""
+        return range(after * self.batch_size, len(self.order), self.batch_size)
+
+    def size_at(self, i: int) -> int:
+        return min(self.batch_size, len(self.order) - i)
+
+    def is_last(self, i: int) -> bool:
+        return i + self.batch_size >= len(self.order)
+
+    def begin(self, partial: dict | None, ctx: DistContext, device: torch.device) -> EpochTally:
+        """The epoch's tally: empty, or, from a checkpoint taken inside the epoch, its sums so far, with
+        the global generators restored (its draws have just been made again)."""
+        if partial is None:
+            return EpochTally({}, torch.zeros((), device=device), 0, 0, 0.0, self.started)
+        rng = partial.get("rng") or [(partial["torch_rng"], None)]  # (older checkpoints: one CPU state)
+        if len(rng) == ctx.world_size:  # else another number of processes: fresh streams from the seed
+            _set_rng_state(rng[ctx.rank], device)
+        tally = EpochTally({k: v.to(device) for k, v in partial["sums"].items()}, partial["correct"].to(device),
+                           partial["seen"], partial["steps"], partial["elapsed_s"], self.started)
+        tally.carry_on(ctx)
+        return tally
+
+
+@dataclass
+class EpochTally:
+    """An epoch's running sums: loss terms weighted by images, correct predictions, images seen; after a
+    reduction over the ranks rank 0 carries the totals, as a resumed run does."""
+
+    sums: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    seen: int
+    steps: int  # steps done when this process took the epoch up
+    elapsed: float  # seconds spent on the epoch before that
+    started: float
+
+    def add(self, losses: dict[str, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, part: int,
+            n: int) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float() * part
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += n
+
+    def reduce(self, ctx: DistContext) -> None:
+        self.sums, self.correct = _sum_over_ranks(self.sums, self.correct, ctx)
+
+    def carry_on(self, ctx: DistContext) -> None:
+        if not ctx.is_main:
+            self.sums = {k: torch.zeros_like(v) for k, v in self.sums.items()}
+            self.correct = torch.zeros_like(self.correct)
+
+    def time_s(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def partial(self, step: int, ctx: DistContext, device: torch.device) -> dict:
+        """What a checkpoint after ``step`` keeps of the epoch (every rank's generators: a collective)."""
+        return {"steps": step, "rng": ctx.all_gather_object(_rng_state(device)), "sums": self.sums,
+                "correct": self.correct, "seen": self.seen, "elapsed_s": self.time_s()}
+
+    def record(self, epoch: int, lr: float, val_acc: float, test_acc: float) -> dict:
+        """The epoch's line of ``metrics.jsonl``."""
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **{f"loss_{k}": (v / self.seen).item() for k, v in self.sums.items()},
+            "train_acc": 100.0 * self.correct.item() / max(self.seen, 1),
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "epoch_time_s": self.time_s(),
+        }
+        record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
+        return record
+
+
+class FiniteGuard:
+    """Stops training at a non-finite loss with the epoch and step, keeping the last good checkpoint.
+
+    ``every`` = 1 checks each step before its update (a host sync per step); N > 1 collects the flags
+    on the device and reads them every N steps, 0 at the epoch's end, and always before a checkpoint.
+    """
+
+    def __init__(self, every: int, ctx: DistContext, checkpoint: Path, desc: str):
+        self.every, self.ctx, self.checkpoint, self.desc = every, ctx, checkpoint, desc
+        self.epoch, self.flag, self.checked = 0, None, 0
+
+    def begin(self, epoch: int, done: int) -> None:
+        self.epoch, self.flag, self.checked = epoch, None, done  # the last step known good
+
+    def check(self, loss: torch.Tensor, losses: dict[str, torch.Tensor], step: int) -> None:
+        bad = ~torch.isfinite(loss)
+        if self.every != 1:
+            self.flag = bad if self.flag is None else self.flag | bad
+        elif _on_any_rank(bad, self.ctx):  # stop before the update: the last checkpoint stays good
+            terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+            what = (f"{loss.item()} ({terms})" if not self.ctx.enabled else f"non-finite in at least one of "
+                    f"{self.ctx.world_size} processes (rank {self.ctx.rank}: {loss.item()}, {terms})")
+            raise self._stop(what, f"step {step}")
+
+    def every_n_steps(self, step: int) -> None:
+        if self.every > 1 and step % self.every == 0:
+            self.settle(step)
+
+    def settle(self, step: int) -> None:
+        """Read the flags collected since the last check; all is known good up to ``step`` or it stops."""
         first = self.checked + 1
-        bad = self.flag is not None and _on_any_rank(self.flag, ctx)
+        bad = self.flag is not None and _on_any_rank(self.flag, self.ctx)
         self.flag, self.checked = None, step
-        return first if bad else None
+        if bad:
+            every = f"every {self.every} steps" if self.every else "at epoch ends"
+            raise self._stop("non-finite", f"between steps {first} and {step} (checked {every}; "
+                             "train.check_finite_every=1 stops before the bad update)")
+
+    def _stop(self, what: str, where: str) -> NumericalError:
+        kept = (f"{self.checkpoint} keeps the last good state" if self.checkpoint.is_file()
+                else "no checkpoint had been written yet")
+        return NumericalError(f"{self.desc}: the loss became {what} at epoch {self.epoch + 1}, {where}; training "
+                              f"stopped and {kept}: lower the learning rate or check the data")
+
+
+class Checkpointer:
+    """A run's training state in ``last.pt`` and its weights in ``best.pt`` and ``model.pt``.
+
+    Rank 0 alone writes. On resume rank 0 reads the checkpoint (checksum checked, never runs code) and
+    sends it to the other ranks, so no shared file system is needed.
+    """
+
+    def __init__(self, run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, ctx: DistContext, every: int):
+        self.run, self.model, self.optimizer, self.scaler, self.ctx = run, model, optimizer, scaler, ctx
+        self.every = every  # also inside epochs, every so many steps (0: never)
+
+    def restore(self, resume: bool, desc: str, epochs: int) -> tuple[list[dict], int, float, dict | None]:
+        """Load the state to resume from, if any: (history, epochs done, best validation accuracy, where
+        inside the next epoch the checkpoint was taken, or None)."""
+        run = self.run
+        state = distributed.on_main(self.ctx, lambda: load_checkpoint(run.checkpoint)
+                                    if resume and run.checkpoint.is_file() else None)
+        if state is None:
+            return [], 0, float("-inf"), None
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler.is_enabled() and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+            history, start_epoch, best_val = state["history"], state["epoch"], state["best_val"]
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{run.checkpoint} is not this run's training state ({type(e).__name__}); "
+                                  f"delete {run.path} to start again") from None
+        partial = state.get("partial")
+        where = (f"at epoch {start_epoch + 1}, step {partial['steps'] + 1}" if partial
+                 else f"at epoch {start_epoch + 1}" if start_epoch < epochs else "after its last epoch")
+        if self.ctx.is_main:
+            print(f"{desc}: resuming {run.path} from its checkpoint {where}", flush=True)
+        return history, start_epoch, best_val, partial
+
+    def due(self, step: int) -> bool:
+        """Whether to checkpoint inside the epoch after ``step`` (unless it was the epoch's last)."""
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, epochs_done: int, history: list[dict], best_val: float, within: dict | None = None) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epochs_done,
+                 "history": history, "best_val": best_val, "partial": within}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        save_checkpoint(state, self.run.checkpoint)
+
+    def save_weights(self, name: str) -> None:
+        if self.ctx.is_main:
+            save_checkpoint({"model": self.model.state_dict()}, self.run.file(name))
 
 
 def _on_any_rank(flag: torch.Tensor, ctx: DistContext) -> bool:

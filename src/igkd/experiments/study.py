@@ -39,7 +39,7 @@ import torch
 
 from ..attribution import ATTRIBUTIONS, MapStore, explanation_problems
 from ..config import METHODS, Config, config_from_dict
-from ..data.augment import blend, normalize_maps
+from ..data.augment import example_overlays
 from ..distill.methods import MethodSpec
 from ..errors import ConfigError, IgkdError
 from ..fileio import (
@@ -59,6 +59,7 @@ from ..pipeline import (
     train_teacher,
 )
 from ..runs import RunDir
+from ..tracking import StudyTracker
 from ..utils import derive_seed
 from .results import read_results, read_study
 
@@ -225,7 +226,13 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
     cfg = copy.deepcopy(cfg)
     cfg.train.subset_fraction = plan.train_fraction
     _claim(out, cfg, plan)
+    with StudyTracker(cfg, out, ("study.json", "results.csv")) as tracker:  # MLflow: the parent of its runs
+        tracker.start(plan.kind, {"plan": asdict(plan)})
+        return _run_jobs(tracker.nest(cfg), plan, out, workers, threads_per_run, address, progress, on_result)
 
+
+def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, threads_per_run: int | None,
+              address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None) -> list[dict]:
     cfg = prepare_shared(cfg, out, plan.arms, progress)
 
     jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
@@ -354,7 +361,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
     old = read_study(out)
     if old:
         try:  # a config saved by an older igkd gains the defaults of keys added since
-            same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
+            same_config = config_from_dict(old.get("config") or {}).identity() == cfg.identity()
         except ConfigError:
             same_config = False
         if not same_config or old.get("plan", {}).get("paired") != plan.paired \
@@ -402,18 +409,11 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     """The first training image of each class (up to ``count``), its IG map and an overlay (s = 1.5), and
     what the store says makes its maps explain little (``notes``, printed under the gallery)."""
     ds = load_datasets(cfg)
-    picks = []
-    for c in range(ds.train.num_classes):
-        hits = torch.nonzero(ds.train.y == c).squeeze(1)
-        if len(hits):
-            picks.append(int(hits[0]))
-    picks = picks[:count]
+    picks = ds.train.first_of_each_class(count)
     x = ds.train.x[picks]
     maps = store.get(picks)
-    normalized = normalize_maps(maps, torch.full((len(picks),), 1.5))
-    over = blend(x.float() / 255, normalized, cfg.augment.mix)
     buf = io.BytesIO()
-    np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=(over * 255).round().to(torch.uint8).numpy(),
+    np.savez(buf, images=x.numpy(), maps=maps.numpy(), overlays=example_overlays(x, maps, cfg.augment.mix).numpy(),
              labels=ds.train.y[picks].numpy(), classes=np.array([ds.train.classes[int(c)] for c in ds.train.y[picks]]),
              notes=np.array(explanation_problems(store.meta), dtype=str))
     atomic_write_bytes(path, buf.getvalue())

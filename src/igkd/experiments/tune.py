@@ -24,6 +24,7 @@ share the study, and a trial counts as stale once its heartbeat stops (Optuna's 
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import inspect
@@ -44,6 +45,7 @@ from ..fileio import atomic_write_text, ensure_dir, write_checked_json, write_wi
 from ..locks import FileLock
 from ..pipeline import load_datasets
 from ..runs import RunDir
+from ..tracking import StudyTracker
 from .results import read_tune, value_text
 from .study import Arm, prepare_shared, ray_result, ray_session, run_job
 
@@ -246,19 +248,23 @@ def run_tune(cfg: Config, plan: TunePlan, out: str | Path, workers: int | None =
     out = Path(out).resolve()
     optuna = _optuna()
     storage = _open_storage(optuna, out, plan) if plan.storage else None  # a bad URL before anything is written
-    with FileLock(out, "search folder"):
-        record = _claim(out, cfg, plan)
-        arms = [Arm(plan.method, plan.method, maps) for maps in dict.fromkeys(plan.overlay_maps(cfg))]
-        shared = prepare_shared(cfg, out, arms, progress)
-        study = _open_study(optuna, storage or _open_storage(optuna, out, plan), plan, record["study_name"])
-        again = _recover(optuna, study, plan.space, all_running_are_stale=plan.storage is None)
-        if again:
-            print(f"continuing interrupted trials {', '.join(map(str, again))} from their run directories",
-                  flush=True)
-        search = _Search(shared, plan, out, study)
-        if plan.storage is None:  # the only driver: hold the folder to the end
-            return search.run(workers, threads_per_run, address)
-    return search.run(workers, threads_per_run, address)  # several drivers share the study
+    with StudyTracker(cfg, out, ("tune.json", "trials.csv", "best.yaml")) as tracker:  # MLflow: a parent run
+        with FileLock(out, "search folder"):
+            record = _claim(out, cfg, plan)
+            tracker.start("tune", {"search": {k: record[k] for k in ("method", "space", "sampler", "seed",
+                                                                      "trials")}})
+            cfg = tracker.nest(copy.deepcopy(cfg))
+            arms = [Arm(plan.method, plan.method, maps) for maps in dict.fromkeys(plan.overlay_maps(cfg))]
+            shared = prepare_shared(cfg, out, arms, progress)
+            study = _open_study(optuna, storage or _open_storage(optuna, out, plan), plan, record["study_name"])
+            again = _recover(optuna, study, plan.space, all_running_are_stale=plan.storage is None)
+            if again:
+                print(f"continuing interrupted trials {', '.join(map(str, again))} from their run directories",
+                      flush=True)
+            search = _Search(shared, plan, out, study)
+            if plan.storage is None:  # the only driver: hold the folder to the end
+                return search.run(workers, threads_per_run, address)
+        return search.run(workers, threads_per_run, address)  # several drivers share the study
 
 
 def _optuna():
@@ -292,7 +298,7 @@ def _storage_label(url: str | None) -> str:
 def _claim(out: Path, cfg: Config, plan: TunePlan) -> dict:
     """Write tune.json, or check that the search already in ``out`` is this one (``--trials`` may grow)."""
     identity = {"kind": "tune", "method": plan.method, "space": plan.space.values, "sampler": plan.sampler,
-                "seed": plan.seed, "config": cfg.to_dict()}
+                "seed": plan.seed, "config": cfg.identity()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     record = {**identity, "storage": _storage_label(plan.storage), "trials": plan.target,
               "objective": OBJECTIVE, "train_seed": cfg.train.seed, "dataset": cfg.data.name,
@@ -300,7 +306,7 @@ def _claim(out: Path, cfg: Config, plan: TunePlan) -> dict:
     if (out / "tune.json").is_file():
         old, _ = read_tune(out)
         try:  # a config saved by an older igkd gains the defaults of keys added since
-            same_config = config_from_dict(old.get("config") or {}).to_dict() == record["config"]
+            same_config = config_from_dict(old.get("config") or {}).identity() == record["config"]
         except ConfigError:
             same_config = False
         if not same_config or any(old.get(k) != record[k] for k in ("kind", "method", "space", "sampler", "seed",

@@ -14,7 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import Section, Study, Table, figure, fmt, gallery_section  # noqa: E402
+from .report_data import Study, fmt  # noqa: E402
+from .report_figures import gallery_section  # noqa: E402
+from .report_render import Section, Table, figure  # noqa: E402
 from .results import read_tune, value_text  # noqa: E402
 
 NUMBER_COLUMNS = ("number", "val_acc", "test_acc", "test_acc_last", "best_epoch", "epochs", "train_time_s",
