@@ -153,22 +153,21 @@ class RunTracker:
 
     def _tensorboard(self, fn: Callable) -> None:
         """``fn(writer)``; if it fails, a warning, and no more events for this run."""
-        if self._tb is None:
-            return
-        try:
-            fn(self._tb)
-        except Exception as e:  # noqa: BLE001 - showing a run never ends it
-            self._tb = None
-            self._warn("TensorBoard", e)
+        self._guarded("_tb", "TensorBoard", fn)
 
     def _to_mlflow(self, fn: Callable) -> None:
-        if self._mlflow is None:
+        """``fn(mlflow run)``; if it fails, a warning, and no more MLflow logging for this run."""
+        self._guarded("_mlflow", "MLflow", fn)
+
+    def _guarded(self, attr: str, what: str, fn: Callable) -> None:
+        target = getattr(self, attr)
+        if target is None:
             return
         try:
-            fn(self._mlflow)
+            fn(target)
         except Exception as e:  # noqa: BLE001 - showing a run never ends it
-            self._mlflow = None
-            self._warn("MLflow", e)
+            setattr(self, attr, None)
+            self._warn(what, e)
 
     def _warn(self, what: str, error: Exception) -> None:
         _warn(what, self.run.path, error)
