@@ -44,6 +44,8 @@ METHODS = ("student", "kd", "ig", "at", "kd_ig", "kd_at", "ig_at", "kd_ig_at")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 IG_DTYPES = tuple(DTYPES)
+TEACHER_WEIGHTS = ("trained", "random")
+TEST_EVALS = ("every_epoch", "end")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,10 @@ def _choice(values: tuple) -> Any:
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# Keys added after run identities were first pinned (tests/test_config.py): part of a run's identity only
+# when set away from their defaults (Config.identity).
+LATER_KEYS = (("ig", "teacher_weights"), ("ig", "random_teacher_seed"), ("train", "test_eval"),
+              ("teacher_train", "test_eval"))
 Strides = Annotated[list[Literal[1, 2]], Field(min_length=5, max_length=5)]
 Side = Annotated[int, Field(ge=1, le=8192)]
 ModuleName = Annotated[str, Field(min_length=1)]
@@ -208,6 +214,11 @@ class IGConfig(BaseModel):
     smoothgrad_seed: int = Field(0, description="each image's noise is drawn from this and its dataset position")
     gradcam_layer: Annotated[ModuleName | None, Allowed("a module name of the teacher, or null")] = Field(
         None, description="null = the last convolutional block (features.18 of cifar_mobilenet_v2)")
+    teacher_weights: _choice(TEACHER_WEIGHTS) = Field(
+        "trained", description="whose maps: the trained teacher's, or (random) those of its architecture freshly "
+        "initialised from random_teacher_seed (the sanity control of Adebayo et al. 2018); KD still uses the "
+        "trained teacher")
+    random_teacher_seed: int = Field(0, description="the initialisation of the random teacher (teacher_weights=random)")
 
     @model_validator(mode="after")
     def _steps_for_method(self) -> IGConfig:
@@ -286,6 +297,10 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the training forward (student, teacher and losses)")
     check_finite_every: Annotated[int, Field(ge=0), Hint("steps; 0: at checkpoints and epoch ends only")] = Field(
         1, description="loss checks: every step, before the update (1), every N steps, or at epoch end (0)")
+    test_eval: _choice(TEST_EVALS) = Field(
+        "every_epoch", description="when the test set is evaluated: after every epoch, or (end) only after the "
+        "last epoch and on the best-validation epoch's weights (best.pt): the same two summary numbers, two "
+        "test passes instead of one per epoch")
     sync_bn: bool | None = Field(
         None, description="data-parallel: batch norm over the global batch; null = on CUDA (GPU-only in torch)")
 
@@ -347,8 +362,14 @@ class Config(BaseModel):
         return self.model_dump()
 
     def identity(self) -> dict:
-        """What makes a run: every section but ``track`` (where it is shown, not what it computes)."""
-        return {k: v for k, v in self.to_dict().items() if k != "track"}
+        """What makes a run: every section but ``track`` (where it is shown, not what it computes). Keys
+        added since runs were first keyed (:data:`LATER_KEYS`) count only when set away from their default,
+        so a run, study or cache made before they existed keeps its identity."""
+        d = {k: v for k, v in self.to_dict().items() if k != "track"}
+        for section, key in LATER_KEYS:
+            if d[section][key] == type(getattr(self, section)).model_fields[key].default:
+                del d[section][key]
+        return d
 
     def digest(self, *sections: str) -> str:
         """A short hash of the named sections (all that make a run when none), to tell runs and caches apart."""

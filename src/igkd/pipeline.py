@@ -187,6 +187,20 @@ def load_teacher(cfg: Config, num_classes: int, in_channels: int, device: torch.
     return teacher.to(device).eval(), state_dict_hash(teacher)
 
 
+def map_teacher(cfg: Config, ds: Datasets, teacher: torch.nn.Module, teacher_hash: str) -> tuple[torch.nn.Module, str]:
+    """The network whose maps the overlay uses, and the hash that names its weights: the trained teacher, or
+    with ``ig.teacher_weights=random`` its architecture freshly initialised from ``ig.random_teacher_seed``
+    (the model-randomisation sanity check of Adebayo et al. 2018: maps made exactly as the IG maps are, by
+    a network that learnt nothing). Its store is named by its own hash, so it is stored like any other."""
+    if cfg.ig.teacher_weights == "trained":
+        return teacher, teacher_hash
+    device = next(teacher.parameters()).device
+    with torch.random.fork_rng(devices=[]):  # the caller's generators are left as they were
+        torch.manual_seed(derive_seed(cfg.ig.random_teacher_seed, "random teacher"))
+        random_teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
+    return random_teacher.to(device).eval(), state_dict_hash(random_teacher)
+
+
 def _prepare(cfg: Config, tc: TrainConfig) -> tuple[torch.device, Datasets, TrainingData]:
     """Device, threads and initialisation seed of a training run, then its data and split."""
     device = setup_device(tc.device, tc.threads, tc.deterministic)
@@ -313,7 +327,7 @@ def precompute(cfg: Config, rank: int | None = None, world_size: int | None = No
     and teacher."""
     device = setup_device(cfg.train.device, cfg.train.threads)
     ds = load_datasets(cfg)
-    teacher, teacher_hash = load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:])
+    teacher, teacher_hash = map_teacher(cfg, ds, *load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:]))
     identity = store_identity(cfg, ds, teacher_hash, teacher)
     return precompute_ig(teacher, ds.train, store_path(cfg, identity), identity, ig_options(cfg, device),
                          rank=rank, world_size=world_size, progress=progress)
@@ -327,12 +341,14 @@ def open_store(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.M
     return MapStore.open(path, expect=identity)
 
 
-def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str | None,
-                 teacher: torch.nn.Module | None = None) -> torch.Tensor:
-    """The maps the overlay uses (``augment.maps``): the store's (of ``ig.attribution``), or a control's
-    (another image's, noise)."""
+def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module) -> torch.Tensor:
+    """The maps the overlay uses (``augment.maps``): the store's (of ``ig.attribution``, by the network
+    ``ig.teacher_weights`` names), or a control's (another image's, noise)."""
     source = cfg.augment.maps
-    maps = open_store(cfg, ds, teacher_hash, teacher).load_all() if source != "noise" else None
+    maps = None
+    if source != "noise":
+        map_net, map_hash = map_teacher(cfg, ds, teacher, teacher_hash)
+        maps = open_store(cfg, ds, map_hash, map_net).load_all()
     n, (_c, h, w) = len(ds.train), ds.train.image_shape
     return control_maps(source, maps, (n, h, w), derive_seed(cfg.train.seed, "control maps", source))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections.abc import Callable
@@ -168,7 +169,8 @@ def fit(
         _gather(model, tally, sync_bn, ctx)  # one model to evaluate and save
         with autocast():
             record = tally.record(epoch, optimizer.param_groups[0]["lr"],
-                                  *on_device.accuracies(model, data.convention, cfg.eval_batch_size, ctx))
+                                  *on_device.accuracies(model, data.convention, cfg.eval_batch_size, ctx,
+                                                        test=cfg.test_eval == "every_epoch" or epoch == cfg.epochs - 1))
         history.append(record)
         if len(on_device.y_val) and record["val_acc"] > best_val:
             best_val = record["val_acc"]
@@ -178,8 +180,26 @@ def fit(
             run.write_metrics(history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
+    if cfg.test_eval == "end":
+        with autocast():
+            _test_best_epoch(history, model, saver, on_device, data.convention, cfg.eval_batch_size, ctx)
     saver.save_weights("model.pt")
     return history
+
+
+def _test_best_epoch(history: list[dict], model: nn.Module, saver: Checkpointer, on_device: _DeviceData,
+                     convention: InputConvention, batch_size: int, ctx: DistContext) -> None:
+    """``train.test_eval=end``: the best-validation epoch's test accuracy, from its weights (``best.pt``),
+    written into its line of the history (and ``metrics.jsonl``), as an every-epoch run records it."""
+    best = best_epoch(history)
+    if best is None or best["test_acc"] == best["test_acc"]:  # no validation split, or already tested
+        return
+    state = distributed.on_main(ctx, lambda: load_checkpoint(saver.run.file("best.pt")))
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(state["model"])
+    best["test_acc"] = evaluate(best_model, on_device.x_test, on_device.y_test, convention, batch_size, ctx)
+    if ctx.is_main:
+        saver.run.write_metrics(history)
 
 
 def _place(distiller: Distiller, cfg: TrainConfig, ctx: DistContext, device: torch.device) -> bool:
@@ -245,10 +265,10 @@ class _DeviceData:
                    data.test.y.to(device))
 
     def accuracies(self, model: nn.Module, convention: InputConvention, batch_size: int,
-                   ctx: DistContext) -> tuple[float, float]:
-        """Validation and test accuracy (percent)."""
+                   ctx: DistContext, test: bool = True) -> tuple[float, float]:
+        """Validation and test accuracy (percent); the test's NaN when ``test`` is false."""
         return (evaluate(model, self.x_val, self.y_val, convention, batch_size, ctx),
-                evaluate(model, self.x_test, self.y_test, convention, batch_size, ctx))
+                evaluate(model, self.x_test, self.y_test, convention, batch_size, ctx) if test else float("nan"))
 
 
 @dataclass
@@ -484,17 +504,23 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
+def best_epoch(history: list[dict]) -> dict | None:
+    """The history's line of the best validation accuracy (first of ties: ``best.pt`` is saved on a strict
+    improvement); None without a validation split (its accuracies are NaN)."""
+    with_val = [h for h in history if h["val_acc"] == h["val_acc"]]
+    return max(with_val, key=lambda h: h["val_acc"]) if with_val else None
+
+
 def summarize(history: list[dict]) -> dict:
     """Test accuracy after the last epoch and at the best-on-validation epoch (first of ties)."""
     last = history[-1]
     out = {"epochs": last["epoch"], "test_acc_last": last["test_acc"], "val_acc_last": last["val_acc"]}
-    with_val = [h for h in history if h["val_acc"] == h["val_acc"]]  # NaN when there is no split
-    if with_val:
-        best = max(with_val, key=lambda h: h["val_acc"])
+    best = best_epoch(history)
+    if best is not None:
         out.update(best_epoch=best["epoch"], val_acc_best=best["val_acc"], test_acc_at_best_val=best["test_acc"])
     out["train_time_s"] = sum(h["epoch_time_s"] for h in history)
     return out
 
 
-__all__ = ["AMP_MODES", "TrainingData", "evaluate", "fit", "load_batch", "make_optimizer", "summarize",
+__all__ = ["AMP_MODES", "TrainingData", "best_epoch", "evaluate", "fit", "load_batch", "make_optimizer", "summarize",
            "training_environment"]

@@ -65,8 +65,10 @@ from .results import read_results, read_study
 
 # The paper's compression sweep: k = 3 .. 17 removed feature modules (CF 2.2 .. 1122).
 PAPER_DEPTHS = (3, 5, 7, 9, 11, 13, 15, 17)
-# Controls: "<method>+<control>" runs the method with the overlay's maps replaced.
-CONTROLS = {"unrelated_maps": "unrelated", "noise_maps": "noise"}
+# Controls: "<method>+<control>" runs the method with the overlay's maps replaced: another image's, noise,
+# or the maps of the teacher's architecture with random weights (ig.teacher_weights=random).
+CONTROLS = {"unrelated_maps": "unrelated", "noise_maps": "noise", "random_teacher_maps": "ig"}
+RANDOM_TEACHER = "random_teacher_maps"
 # Sources: "<method>+<source>_maps" runs the method with the overlay's maps from that attribution source.
 SOURCES = {f"{name}_maps": name for name in ATTRIBUTIONS}
 COLUMNS = ("study", "method", "remove_blocks", "run", "seed", "train_images", "test_images", "params", "macs",
@@ -77,12 +79,13 @@ COLUMNS = ("study", "method", "remove_blocks", "run", "seed", "train_images", "t
 @dataclass(frozen=True)
 class Arm:
     """One compared variant: a method, and which maps its overlay uses (the store's, or a control), from
-    which attribution source (None: the config's ``ig.attribution``)."""
+    which attribution source (None: the config's ``ig.attribution``) of which teacher weights."""
 
     name: str
     method: str
     maps: str = "ig"
     attribution: str | None = None
+    teacher_weights: str = "trained"
 
     @classmethod
     def parse(cls, name: str) -> Arm:
@@ -97,13 +100,14 @@ class Arm:
             raise ConfigError(f"{name!r}: a map control needs a method with the IG overlay (ig, kd_ig, ...)")
         if control in SOURCES:
             return cls(name, method, attribution=SOURCES[control])
-        return cls(name, method, CONTROLS[control])
+        return cls(name, method, CONTROLS[control], teacher_weights="random" if control == RANDOM_TEACHER else "trained")
 
     def apply(self, base: Config) -> Config:
         """A copy of ``base`` that runs this arm: its method, its overlay's maps and their source."""
         cfg = copy.deepcopy(base)
         cfg.distill.method = self.method
         cfg.augment.maps = self.maps
+        cfg.ig.teacher_weights = self.teacher_weights
         if self.attribution is not None:
             cfg.ig.attribution = self.attribution
         return cfg
@@ -268,16 +272,19 @@ def prepare_shared(cfg: Config, out: Path, arms: Iterable[Arm], progress: bool |
         cfg.teacher.checkpoint = str(out / "teacher" / "model.pt")
     if not cfg.ig.store and not cfg.ig.cache_dir:
         cfg.ig.cache_dir = str(out / "ig")
-    sources = list(dict.fromkeys(a.attribution or cfg.ig.attribution for a in arms
+    sources = list(dict.fromkeys((a.attribution or cfg.ig.attribution, a.teacher_weights) for a in arms
                                  if MethodSpec.parse(a.method).ig and a.maps != "noise"))
     if cfg.ig.store and len(sources) > 1:
-        raise ConfigError(f"ig.store names one folder but the arms use {len(sources)} attribution sources "
-                          f"({', '.join(sources)}): unset ig.store (each source's store goes to ig.cache_dir)")
-    for source in sources:  # each store once, before any run
+        raise ConfigError(f"ig.store names one folder but the arms use {len(sources)} map stores "
+                          f"({', '.join(f'{s} ({w} teacher)' for s, w in sources)}): unset ig.store (each store "
+                          "goes to ig.cache_dir)")
+    for source, weights in sources:  # each store once, before any run
         source_cfg = copy.deepcopy(cfg)
         source_cfg.ig.attribution = source
+        source_cfg.ig.teacher_weights = weights
         result = precompute(source_cfg, progress=progress)
-        print(f"{'IG' if source == 'integrated_gradients' else source} maps: {result.path}", flush=True)
+        label = "IG" if source == "integrated_gradients" else source
+        print(f"{label} maps{' (random teacher)' if weights == 'random' else ''}: {result.path}", flush=True)
         if not (out / "gallery.npz").exists() and result.store is not None:  # the first source's maps
             write_gallery(source_cfg, result.store, out / "gallery.npz")
     return cfg
@@ -419,6 +426,6 @@ def write_gallery(cfg: Config, store: MapStore, path: Path, count: int = 8) -> N
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["CONTROLS", "PAPER_DEPTHS", "SOURCES", "Arm", "Job", "StudyPlan", "parse_depths",
+__all__ = ["CONTROLS", "PAPER_DEPTHS", "RANDOM_TEACHER", "SOURCES", "Arm", "Job", "StudyPlan", "parse_depths",
            "prepare_shared", "ray_result", "ray_session", "read_results", "read_study", "run_job",
            "run_study", "write_gallery", "write_results"]
