@@ -62,6 +62,7 @@ PRESET_DIGESTS = {
     "cpu-study-fashion-mnist": ("c92272c37c32", "0859387a282e"),
     "demo-fashion-mnist": ("d0ee1658b2c8", "49af8e7dc660"),
     "paper-cifar10": ("4fdb4ab3c619", "f3af2eafb907"),
+    "paper-recipe-fashion-mnist": ("1a331c132f60", "538a651f8798"),  # added later; the converged preset's data and teacher
 }
 
 
