@@ -54,16 +54,17 @@ def build_sections(study: Study) -> list[Section]:
     return [s for s in (make(study) for make in SECTIONS) if s is not None]
 
 
-def write_report(study_dir: str | Path) -> tuple[Path, Path]:
+def write_report(study_dir: str | Path, margin: float | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` (plus ``report_files/``) into a study directory or a search
-    directory (``igkd tune``: one with ``tune.json``)."""
+    directory (``igkd tune``: one with ``tune.json``). ``margin`` (points) overrides the equivalence
+    margin the study recorded (a search has none)."""
     folder = Path(study_dir)
     if (folder / "tune.json").is_file():
         from .tune_report import tune_sections
 
         sections, title = tune_sections(folder), f"igkd search report: {folder.resolve().name}"
     else:
-        study = load_study(folder)
+        study = load_study(folder, margin)
         sections, title = build_sections(study), f"igkd study report: {study.dir.resolve().name}"
     html_path, md_path = folder / "report.html", folder / "report.md"
     atomic_write_text(html_path, to_html(title, sections))
