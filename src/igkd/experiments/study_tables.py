@@ -37,7 +37,15 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..reporting import format_table
 from . import stats
-from .report_data import Study, comparison_samples, equivalence_table, fmt, fmt_ci, load_study, summary_table
+from .report_data import (
+    Study,
+    comparison_samples,
+    equivalence_table,
+    fmt,
+    fmt_ci,
+    load_study,
+    summary_table,
+)
 from .report_render import Table
 
 KINDS = ("summary", "contrasts", "answer")
