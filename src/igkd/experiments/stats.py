@@ -375,7 +375,9 @@ def power(sd: float, n_a: int, n_b: int | None = None, paired: bool = True, marg
     analysis = TTestPower() if paired else TTestIndPower()
     size = {"nobs": n_a} if paired else {"nobs1": n_a, "ratio": n_b / n_a}
     kw = {"alpha": alpha, "power": target, "alternative": "two-sided"}
-    out["mde"] = float(analysis.solve_power(effect_size=None, **size, **kw)) * sd
+    with warnings.catch_warnings():  # statsmodels' root finder warns (and gives nan) where it fails
+        warnings.simplefilter("ignore")
+        out["mde"] = float(analysis.solve_power(effect_size=None, **size, **kw)) * sd
     if margin is not None:
         margin = _check_margin(margin)
         effect = margin / sd
@@ -388,8 +390,13 @@ def power(sd: float, n_a: int, n_b: int | None = None, paired: bool = True, marg
         with warnings.catch_warnings():  # statsmodels' root finder warns and gives nan near n = 2
             warnings.simplefilter("ignore")
             n = float(analysis.solve_power(effect_size=effect, **nobs, **kw))
-        if math.isfinite(n):
-            out["n_for_margin"] = max(2, math.ceil(n - 1e-9))
+        if math.isfinite(n):  # the real root, made the smallest whole n that reaches the power
+            k = max(2, math.ceil(n))
+            while k > 2 and enough(k - 1):
+                k -= 1
+            while not enough(k) and k < n + 10:  # (power is nan at one degree of freedom)
+                k += 1
+            out["n_for_margin"] = k
         else:  # a very large effect: the first n from 2 up that reaches the power
             out["n_for_margin"] = next((k for k in range(2, 64) if enough(k)), _NAN)
     return out

@@ -45,6 +45,7 @@ from .report_data import (
     fmt_ci,
     load_study,
     summary_table,
+    verdict_text,
 )
 from .report_render import Table
 
@@ -115,7 +116,7 @@ def stale(text: str, root: str | Path) -> list[Marker]:
 
 def answer_table(studies: list[Study], names: tuple[str, ...]) -> Table:
     """Every study's planned comparisons, one row each, with the paper's figure beside them."""
-    headers = ["study", "comparison", "n", "mean diff [95 % CI]", "verdict (TOST ±m)", "MDE (80 % power)",
+    headers = ["study", "comparison", "n", "mean diff [95 % CI]", "verdict", "MDE (80 % power)",
                "the paper (CIFAR-10)"]
     rows = []
     for study, name in zip(studies, names):
@@ -124,12 +125,8 @@ def answer_table(studies: list[Study], names: tuple[str, ...]) -> Table:
             for c in _compare(study, group):
                 rows.append([label, f"{c['method']} - {c['baseline']}", str(c["n_a"]),
                              f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
-                             _verdict(c), fmt(c["mde"]), PAPER_FIGURES.get((c["method"], c["baseline"]), "-")])
+                             verdict_text(c), fmt(c["mde"]), PAPER_FIGURES.get((c["method"], c["baseline"]), "-")])
     return Table(headers, rows, align="llrllrl")
-
-
-def _verdict(c: dict) -> str:
-    return f"{c['verdict']} (±{fmt(c['margin'])})" if c["verdict"] == "equivalent" else c["verdict"]
 
 
 def _compare(study: Study, group: str) -> list[dict]:
