@@ -201,6 +201,28 @@ def test_tables_are_generated_from_the_archive_and_checked(toy, tmp_path, capsys
         markers("<!-- study-table: summary studies/toy studies/toy -->\n<!-- /study-table -->")
     with pytest.raises(ConfigError, match="no study.json"):
         render(Marker("summary", ("studies/none",)), repo)
+    for bad in ("contrasts studies/toy value=best", "summary studies/toy value=best_val",
+                "contrasts studies/toy colour=red"):
+        with pytest.raises(ConfigError, match="value="):
+            Marker.parse(bad)
+
+
+def test_comparisons_at_the_best_validation_epoch(toy):
+    """value=best_val: the same tables of the accuracy at the best validation epoch (the paper recipe reports
+    both); the marker keeps its option when rewritten."""
+    _, _, study, _, archive = toy
+    repo = archive.path.parent.parent
+    spec = "answer studies/toy value=best_val"
+    marker = Marker.parse(spec)
+    assert marker == Marker("answer", ("studies/toy",), "best_val") and marker.spec == spec
+    text = regenerate(f"<!-- study-table: {spec} -->\n<!-- /study-table -->\n", repo)
+    assert text.startswith(f"<!-- study-table: {spec} -->\n\n| study")
+    rows = sorted(_rows(study), key=lambda r: int(r["run"]))
+    best = {m: [float(r["test_acc_at_best_val"]) for r in rows if r["method"] == m] for m in ("student", "kd_ig")}
+    d = np.subtract(best["kd_ig"], best["student"])
+    assert md_rows(text, "studies/toy")[0][3].startswith(f"{d.mean():+.2f}")
+    contrasts = render(Marker("contrasts", ("studies/toy",), "best_val"), repo)
+    assert md_rows(contrasts, "kd_ig - student")[0][2].startswith(f"{d.mean():+.2f}")
 
 
 def test_readme_tables_are_what_the_studies_give(toy, tmp_path):

@@ -321,14 +321,14 @@ def margin_note(study: Study) -> str:
             "at which a true difference of m would be detected with that power.")
 
 
-def comparison_samples(study: Study, group: str) -> dict[str, list[float]]:
+def comparison_samples(study: Study, group: str, column: str = "test_acc_last") -> dict[str, list[float]]:
     """``{method: accuracies}`` of one k, baseline included: aligned by run when paired, and only
-    methods with at least two runs (fewer cannot be tested)."""
+    methods with at least two runs (fewer cannot be tested). ``column``: which accuracy of results.csv
+    (``test_acc_at_best_val``: at the best validation epoch)."""
     if study.paired:
-        samples = stats.paired_samples(study.group_rows(group), value="test_acc_last", key="run",
-                                       group="method")
+        samples = stats.paired_samples(study.group_rows(group), value=column, key="run", group="method")
     else:
-        samples = {m: study.values(group, m) for m in study.methods}
+        samples = {m: study.values(group, m, column) for m in study.methods}
     samples = {m: samples[m] for m in study.methods if len(samples.get(m, [])) >= 2}
     if study.baseline not in samples or len(samples) < 2:
         raise ValueError(f"{study.baseline} and at least one other method need two or more "

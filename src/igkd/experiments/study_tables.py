@@ -24,7 +24,10 @@ Kinds:
     one row per planned comparison of every study: the difference with its 95 % CI, the verdict, and the
     paper's figure for the same comparison (:data:`PAPER_FIGURES`) beside it.
 
-A study with several depths k gets a ``k`` column. ``python scripts/readme_tables.py --write`` rewrites the
+``contrasts`` and ``answer`` compare the test accuracy after the last epoch; ``value=best_val`` after the
+studies compares it at the best validation epoch instead (``test_acc_at_best_val``), e.g.
+``<!-- study-table: answer studies/converged studies/paper-recipe value=best_val -->``. A study with
+several depths k gets a ``k`` column. ``python scripts/readme_tables.py --write`` rewrites the
 tables, ``--check`` (and ``tests/test_readme_tables.py``) says whether they are current.
 """
 
@@ -50,6 +53,8 @@ from .report_data import (
 from .report_render import Table
 
 KINDS = ("summary", "contrasts", "answer")
+# value=NAME after the studies: which accuracy of results.csv the comparisons use.
+VALUES = {"last": "test_acc_last", "best_val": "test_acc_at_best_val"}
 # The paper's CIFAR-10 ablation (k = 5, 10 full-data runs each; METHOD.md): its differences of means, in
 # points, for the comparisons it reports.
 PAPER_FIGURES = {
@@ -66,20 +71,27 @@ class Marker:
 
     kind: str
     studies: tuple[str, ...]
+    value: str = "last"  # a key of VALUES: the accuracy the comparisons use
 
     @classmethod
     def parse(cls, spec: str) -> Marker:
         words = spec.split()
+        options = dict(w.split("=", 1) for w in words if "=" in w)
+        words = [w for w in words if "=" not in w]
         if not words or words[0] not in KINDS:
             raise ConfigError(f"study-table marker {spec!r}: the kind must be one of {', '.join(KINDS)}")
         if len(words) < 2 or (words[0] != "answer" and len(words) != 2):
             raise ConfigError(f"study-table marker {spec!r}: {words[0]} takes "
                               f"{'one or more studies' if words[0] == 'answer' else 'one study'}")
-        return cls(words[0], tuple(words[1:]))
+        value = options.pop("value", "last")
+        if options or value not in VALUES or (value != "last" and words[0] == "summary"):
+            raise ConfigError(f"study-table marker {spec!r}: the only option is value={'|'.join(VALUES)}, "
+                              "for contrasts and answer tables")
+        return cls(words[0], tuple(words[1:]), value)
 
     @property
     def spec(self) -> str:
-        return " ".join((self.kind, *self.studies))
+        return " ".join((self.kind, *self.studies, *([f"value={self.value}"] if self.value != "last" else [])))
 
 
 def markers(text: str) -> list[Marker]:
@@ -92,9 +104,10 @@ def render(marker: Marker, root: str | Path) -> str:
     studies = [_load(Path(root), path) for path in marker.studies]
     if marker.kind == "summary":
         return _md(_by_group(studies[0], lambda g: summary_table(studies[0], g)))
+    column = VALUES[marker.value]
     if marker.kind == "contrasts":
-        return _md(_by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g))))
-    return _md(answer_table(studies, marker.studies))
+        return _md(_by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g, column))))
+    return _md(answer_table(studies, marker.studies, column))
 
 
 def regenerate(text: str, root: str | Path) -> str:
@@ -114,25 +127,26 @@ def stale(text: str, root: str | Path) -> list[Marker]:
     return [mk for mk, a, b in zip(markers(text), old, new) if a != b]
 
 
-def answer_table(studies: list[Study], names: tuple[str, ...]) -> Table:
-    """Every study's planned comparisons, one row each, with the paper's figure beside them."""
+def answer_table(studies: list[Study], names: tuple[str, ...], column: str = "test_acc_last") -> Table:
+    """Every study's planned comparisons of ``column``, one row each, with the paper's figure beside them."""
     headers = ["study", "comparison", "n", "mean diff [95 % CI]", "verdict", "MDE (80 % power)",
                "the paper (CIFAR-10)"]
     rows = []
     for study, name in zip(studies, names):
         for group in study.groups:
             label = name if len(study.groups) == 1 else f"{name} (k = {group})"
-            for c in _compare(study, group):
+            for c in _compare(study, group, column):
                 rows.append([label, f"{c['method']} - {c['baseline']}", str(c["n_a"]),
                              f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
                              verdict_text(c), fmt(c["mde"]), PAPER_FIGURES.get((c["method"], c["baseline"]), "-")])
     return Table(headers, rows, align="llrllrl")
 
 
-def _compare(study: Study, group: str) -> list[dict]:
-    """The planned comparisons of one k (else each method against the baseline), with the study's margin."""
+def _compare(study: Study, group: str, column: str) -> list[dict]:
+    """The planned comparisons of one k (else each method against the baseline) of ``column``, with the
+    study's margin."""
     try:
-        samples = comparison_samples(study, group)
+        samples = comparison_samples(study, group, column)
         pairs = study.contrasts or [(m, study.baseline) for m in samples if m != study.baseline]
         return stats.compare_pairs(samples, pairs, paired=study.paired, margin=study.margin)
     except ValueError as exc:  # too few runs, a contrast without runs
@@ -160,4 +174,4 @@ def _md(table: Table) -> str:
     return format_table(table.headers, table.rows, align=table.align)
 
 
-__all__ = ["KINDS", "MARKER", "PAPER_FIGURES", "Marker", "answer_table", "markers", "regenerate", "render", "stale"]
+__all__ = ["KINDS", "MARKER", "VALUES", "PAPER_FIGURES", "Marker", "answer_table", "markers", "regenerate", "render", "stale"]
