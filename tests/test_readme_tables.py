@@ -220,7 +220,7 @@ def test_comparisons_at_the_best_validation_epoch(toy):
     rows = sorted(_rows(study), key=lambda r: int(r["run"]))
     best = {m: [float(r["test_acc_at_best_val"]) for r in rows if r["method"] == m] for m in ("student", "kd_ig")}
     d = np.subtract(best["kd_ig"], best["student"])
-    assert md_rows(text, "studies/toy")[0][3].startswith(f"{d.mean():+.2f}")
+    assert md_rows(text, "studies/toy")[0][3].startswith(f"{d.mean():+.2f}") and "mean diff @ best val" in text
     contrasts = render(Marker("contrasts", ("studies/toy",), "best_val"), repo)
     assert md_rows(contrasts, "kd_ig - student")[0][2].startswith(f"{d.mean():+.2f}")
 

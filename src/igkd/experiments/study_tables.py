@@ -106,8 +106,12 @@ def render(marker: Marker, root: str | Path) -> str:
         return _md(_by_group(studies[0], lambda g: summary_table(studies[0], g)))
     column = VALUES[marker.value]
     if marker.kind == "contrasts":
-        return _md(_by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g, column))))
-    return _md(answer_table(studies, marker.studies, column))
+        table = _by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g, column)))
+    else:
+        table = answer_table(studies, marker.studies, column)
+    if marker.value != "last":  # the table says what it compares, not only its (hidden) marker
+        table.headers = [h.replace("mean diff", "mean diff @ best val") for h in table.headers]
+    return _md(table)
 
 
 def regenerate(text: str, root: str | Path) -> str:
