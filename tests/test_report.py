@@ -167,3 +167,74 @@ def test_missing_or_empty_results(tmp_path):
 def test_report_does_not_import_torch():
     code = "import sys, igkd.experiments.report; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def write_constructed_study(root, values: dict, contrasts=(), margin=None, paired=True):
+    """A study folder holding exactly ``values`` ({method: accuracy per run}) and nothing else."""
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": "montecarlo", "methods": list(values), "runs": len(next(iter(values.values()))),
+            "paired": paired, "train_fraction": 0.8, "remove_blocks": [5], "baseline": "student",
+            "dataset": "fashion_mnist", "contrasts": [list(c) for c in contrasts], "config": {}}
+    if margin is not None:
+        meta["margin"] = margin
+    write_checked_json(root / "study.json", meta)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, restval="")
+    writer.writeheader()
+    for method, accs in values.items():
+        for run, acc in enumerate(accs):
+            writer.writerow({"study": "s", "method": method, "remove_blocks": 5, "run": run, "seed": run,
+                             "test_acc_last": acc, "run_dir": f"runs/{method}-{run}"})
+    write_with_sidecar(root / "results.csv", buf.getvalue().encode())
+    return root
+
+
+def constructed_values(n=10):
+    rng = np.random.default_rng(7)
+    student = 83 + rng.normal(0, 0.5, n)
+    pattern = np.tile([1.0, -1.0], n // 2)
+    return {"student": list(np.round(student, 2)),
+            "same": list(np.round(student + 0.03 + 0.05 * pattern, 2)),  # within +-0.1 of the student
+            "up": list(np.round(student + 2 + 0.2 * pattern, 2)),
+            "noisy": list(np.round(student + 0.3 + 2.5 * pattern, 2))}
+
+
+def test_report_gives_tost_verdicts_and_power_with_the_recorded_margin(tmp_path):
+    values = constructed_values()
+    pairs = [("same", "student"), ("up", "student"), ("noisy", "student")]
+    study = write_constructed_study(tmp_path / "s", values, contrasts=pairs, margin=0.4)
+    md = write_report(study)[1].read_text()
+    verdicts = {a: md_rows(md, f"{a} - student")[1] for a, _ in pairs}  # [0]: the tests, [1]: equivalence
+    assert verdicts["same"][-1] == "equivalent within ±0.40"
+    assert verdicts["up"][-1] == "better"
+    assert verdicts["noisy"][-1] == "inconclusive"
+    # the numbers are the stats module's: TOST p, MDE and runs for the margin of the noisy contrast
+    d = np.subtract(values["noisy"], values["student"])
+    from statsmodels.stats.power import TTestPower
+    from statsmodels.stats.weightstats import ttost_paired
+
+    row = verdicts["noisy"]
+    assert row[5] == fmt_p(ttost_paired(np.array(values["noisy"]), np.array(values["student"]), -0.4, 0.4)[0])
+    mde = TTestPower().solve_power(effect_size=None, nobs=10, alpha=0.05, power=0.8) * d.std(ddof=1)
+    assert row[6] == f"{mde:.2f}" and int(row[7]) > 10
+    assert "Margin m = 0.40 points (recorded in study.json)" in md and "TOST" in md
+    # the baseline comparisons carry the same verdicts
+    assert md_rows(md, "up")[-1][-1] == "better"
+
+
+def test_report_margin_option_overrides_the_recorded_one(tmp_path, capsys):
+    from igkd.cli import main
+
+    values = constructed_values()
+    study = write_constructed_study(tmp_path / "s", values, contrasts=[("same", "student")], margin=0.4)
+    assert main(["report", str(study), "--margin", "0.02"]) == 0
+    md = (study / "report.md").read_text()
+    row = md_rows(md, "same - student")[1]
+    assert row[-1] == "inconclusive" and "Margin m = 0.02 points (given to igkd report)" in md
+    assert "TOST p (±0.02)" in md
+    # no margin anywhere: the paper's 0.40
+    old = write_constructed_study(tmp_path / "old", values, contrasts=[("same", "student")])
+    md = write_report(old)[1].read_text()
+    assert "Margin m = 0.40 points (the default" in md
+    assert main(["report", str(study), "--margin", "-1"]) == 2
+    assert "margin" in capsys.readouterr().err

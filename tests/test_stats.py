@@ -8,14 +8,19 @@ import statistics
 
 import numpy as np
 import pytest
+from scipy.stats import nct, norm
 from scipy.stats import t as t_dist
 
 from igkd.experiments.stats import (
+    VERDICT_RULE,
     compare,
     compare_pairs,
     compare_to_baseline,
     describe,
+    equivalence,
     paired_samples,
+    power,
+    verdict,
 )
 
 # Student's (1908) sleep data: extra hours of sleep under two drugs, same 10 patients.
@@ -364,3 +369,135 @@ def test_paired_difference_constant_up_to_float_noise_is_degenerate():
     a = [x + 1.2 for x in b]  # differences equal up to float rounding (sd ~ 1e-15)
     r = compare(a, b, paired=True)
     assert r["p"] == 0.0 and math.isinf(r["statistic"]) and r["mean_diff"] == pytest.approx(1.2)
+
+
+# -- equivalence (TOST), power and verdicts: constructed data with a known answer ------------------
+
+
+def _shifted(shift: float, spread: float, n: int = 10, seed: int = 0) -> tuple[list[float], list[float]]:
+    """A baseline of n runs and a method whose run i differs from it by ``shift`` plus an exact +-spread
+    pattern with mean 0 (so the mean difference is exactly ``shift``)."""
+    rng = np.random.default_rng(seed)
+    base = 83.0 + rng.normal(0.0, 0.5, n)
+    pattern = np.tile([1.0, -1.0], n // 2)
+    return list(base + shift + spread * pattern), list(base)
+
+
+def test_tost_says_equivalent_only_when_the_90_ci_lies_inside_the_margin():
+    a, b = _shifted(0.05, 0.1)  # differences 0.15 / -0.05: well inside +-0.40
+    eq = equivalence(a, b, paired=True, margin=0.40)
+    d = np.subtract(a, b)
+    se = d.std(ddof=1) / math.sqrt(d.size)
+    half = t_dist.ppf(0.95, d.size - 1) * se
+    assert eq["tost_ci_low"] == pytest.approx(0.05 - half) and eq["tost_ci_high"] == pytest.approx(0.05 + half)
+    # TOST p by hand: the larger one-sided p of H0: diff <= -m and H0: diff >= +m
+    p_low = t_dist.sf((0.05 + 0.40) / se, d.size - 1)
+    p_high = t_dist.cdf((0.05 - 0.40) / se, d.size - 1)
+    assert eq["tost_p"] == pytest.approx(max(p_low, p_high)) and eq["equivalent"]
+    # the same differences against a margin smaller than the CI's edge: not equivalent
+    tight = equivalence(a, b, paired=True, margin=0.05 + half * 0.9)
+    assert not tight["equivalent"] and tight["tost_p"] > 0.05
+    # the CI inside +-m <=> TOST p < 0.05, on a grid of margins
+    for m in np.linspace(0.06, 0.6, 28):
+        r = equivalence(a, b, paired=True, margin=float(m))
+        inside = -m < r["tost_ci_low"] and r["tost_ci_high"] < m
+        assert r["equivalent"] == inside
+
+
+def test_tost_unpaired_is_welch_style():
+    rng = np.random.default_rng(3)
+    a, b = list(83 + rng.normal(0, 0.2, 12)), list(83 + rng.normal(0, 0.6, 9))
+    r = equivalence(a, b, paired=False, margin=0.8)
+    q1, q2 = np.var(a, ddof=1) / 12, np.var(b, ddof=1) / 9
+    df = (q1 + q2) ** 2 / (q1**2 / 11 + q2**2 / 8)
+    se, diff = math.sqrt(q1 + q2), float(np.mean(a) - np.mean(b))
+    expected = max(t_dist.sf((diff + 0.8) / se, df), t_dist.cdf((diff - 0.8) / se, df))
+    assert r["tost_p"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_tost_with_no_spread_and_bad_margins():
+    a, b = [1.0, 2.0, 3.0], [0.9, 1.9, 2.9]  # every difference exactly 0.1
+    assert equivalence(a, b, paired=True, margin=0.4)["tost_p"] == 0.0
+    assert equivalence(a, b, paired=True, margin=0.05)["tost_p"] == 1.0
+    for bad in (0, -0.4, float("nan"), "0.4"):
+        with pytest.raises(ValueError, match="margin"):
+            equivalence(a, b, paired=True, margin=bad)
+
+
+def test_mde_is_the_effect_a_paired_t_test_detects_80_percent_of_the_time():
+    sd, n = 0.7, 10
+    mde = power(sd, n, paired=True)["mde"]
+    # exact power of the two-sided paired t-test at that effect: the noncentral t
+    df, nc = n - 1, mde / sd * math.sqrt(n)
+    crit = t_dist.ppf(0.975, df)
+    exact = nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc)
+    assert exact == pytest.approx(0.80, abs=1e-4)
+    # and by simulation: 20,000 studies of n pairs whose true difference is the MDE
+    rng = np.random.default_rng(0)
+    d = rng.normal(mde, sd, (20_000, n))
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+    assert float(np.mean(np.abs(t) > crit)) == pytest.approx(0.80, abs=0.015)
+    # half the effect is detected far less often: the number is not just "something"
+    half = d - mde / 2
+    t_half = half.mean(axis=1) / (half.std(axis=1, ddof=1) / math.sqrt(n))
+    assert float(np.mean(np.abs(t_half) > crit)) < 0.4
+    # large n: the normal approximation (z_0.975 + z_0.8) sd / sqrt(n)
+    big = power(sd, 10_000, paired=True)["mde"]
+    assert big == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) * sd / 100, rel=2e-3)
+
+
+def test_mde_unpaired_and_runs_needed_for_the_margin():
+    sd = 0.5
+    r = power(sd, 10, 10, paired=False, margin=0.4)
+    df, nc = 18, r["mde"] / sd * math.sqrt(10 * 10 / 20)
+    crit = t_dist.ppf(0.975, df)
+    assert nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc) == pytest.approx(0.80, abs=1e-4)
+    # n for the margin: the smallest n whose exact power reaches 80 %
+    for paired in (True, False):
+        n = power(sd, 10, 10, paired=paired, margin=0.4)["n_for_margin"]
+
+        def exact_power(k: int, paired: bool = paired) -> float:
+            df, nc = (k - 1, 0.4 / sd * math.sqrt(k)) if paired else (2 * k - 2, 0.4 / sd * math.sqrt(k / 2))
+            c = t_dist.ppf(0.975, df)
+            return nct.sf(c, df, nc) + nct.cdf(-c, df, nc)
+
+        assert exact_power(n) >= 0.8 > exact_power(n - 1)
+    # ten runs that detect 0.40 only 80 % of the time need a paired sd of 0.40 / mde-per-sd
+    assert power(0.7, 10, margin=0.4)["n_for_margin"] > 10 > power(0.2, 10, margin=0.4)["n_for_margin"]
+    # a huge effect still gives a number (statsmodels' root finder gives up near n = 2)
+    assert power(0.01, 10, margin=0.4)["n_for_margin"] in (2, 3)
+    assert math.isnan(power(0.5, 1)["mde"]) and power(0.0, 10, margin=0.4)["mde"] == 0.0
+
+
+def test_verdicts_on_constructed_studies():
+    """Tight differences around 0 -> equivalent; +2 with small sd -> better; -2 -> worse; a large sd with
+    few runs -> inconclusive. The verdict rule is stated, and applied after Holm."""
+    cases = {"tight": _shifted(0.02, 0.05), "up": _shifted(2.0, 0.2), "down": _shifted(-2.0, 0.2),
+             "noisy": _shifted(0.3, 3.0, n=4)}
+    for name, (a, b) in cases.items():
+        res = compare_pairs({"m": a, "b": b}, [("m", "b")], paired=True, margin=0.40)[0]
+        assert res["verdict"] == {"tight": "equivalent", "up": "better", "down": "worse",
+                                  "noisy": "inconclusive"}[name], name
+        assert res["mde"] > 0 and res["n_for_margin"] >= 2 and res["margin"] == 0.40
+    noisy = compare_pairs({"m": cases["noisy"][0], "b": cases["noisy"][1]}, [("m", "b")], True, margin=0.4)[0]
+    assert noisy["mde"] > 3 and noisy["n_for_margin"] > 100  # four runs cannot see 0.40 through sd 3
+    assert "TOST" in VERDICT_RULE and "Holm" in VERDICT_RULE
+    # Holm decides "better": two contrasts each with raw p just below 0.05 are both "inconclusive" after it
+    rng = np.random.default_rng(5)
+    base = list(83 + rng.normal(0, 0.5, 8))
+    spread = np.array([1.0, -1.0] * 4) * 0.6
+    up = list(np.add(base, 0.55 + spread))
+    single = compare_pairs({"m": up, "b": base}, [("m", "b")], True, margin=0.4)[0]
+    assert single["p"] < 0.05 and single["verdict"] == "better"
+    both = compare_pairs({"m": up, "m2": up, "b": base}, [("m", "b"), ("m2", "b")], True, margin=0.4)
+    assert all(r["p_holm"] > 0.05 and r["verdict"] == "inconclusive" for r in both)
+    # no margin: no verdict (the old fields only)
+    assert "verdict" not in compare_pairs({"m": up, "b": base}, [("m", "b")], True)[0]
+
+
+def test_verdict_precedence_significant_beats_equivalent():
+    # a tiny but consistent +0.1: significant (better) and also within +-0.4; the rule says "better"
+    r = {"significant": True, "mean_diff": 0.1, "equivalent": True}
+    assert verdict(r) == "better" and verdict({**r, "mean_diff": -0.1}) == "worse"
+    assert verdict({**r, "significant": False}) == "equivalent"
+    assert verdict({**r, "significant": False, "equivalent": False}) == "inconclusive"

@@ -197,3 +197,12 @@ def test_planned_contrasts_are_parsed_and_checked_against_the_methods():
         StudyPlan("montecarlo", methods, 2, [5], contrasts=[("kd_ig", "kd_ig+gradcam_maps")])
     with pytest.raises(ConfigError, match="with itself"):
         StudyPlan("montecarlo", methods, 2, [5], contrasts=[("kd", "kd")])
+
+
+def test_the_equivalence_margin_is_checked_up_front(capsys):
+    assert StudyPlan("montecarlo", ["student", "kd"], 2, [5]).margin == 0.40  # the paper's KD+IG - KD
+    for bad in (0.0, -0.4, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--margin"):
+            StudyPlan("montecarlo", ["student", "kd"], 2, [5], margin=bad)
+    assert main(["montecarlo", "--methods", "student,kd", "--margin", "0", "--out", "/nonexistent/x"]) == 2
+    assert "--margin must be a positive number" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def _study(args, kind: str, depths: list[int] | None) -> None:
     depths = depths or [cfg.student.remove_blocks]
     plan = StudyPlan(kind, [m.strip() for m in args.methods.split(",") if m.strip()], args.runs, depths,
                      paired=not args.unpaired, train_fraction=args.fraction, seed=args.seed,
-                     contrasts=parse_contrasts(args.contrasts))
+                     contrasts=parse_contrasts(args.contrasts), margin=args.margin)
     rows = run_study(cfg, plan, args.out, workers=args.workers, threads_per_run=args.threads_per_run,
                      address=args.address)
     html, md = write_report(args.out)
@@ -138,7 +138,7 @@ def cmd_tune(args) -> None:
 def cmd_report(args) -> None:
     from .experiments.report import write_report
 
-    html, md = write_report(args.dir)
+    html, md = write_report(args.dir, margin=args.margin)
     print(f"report: {html} (open in a browser) and {md}")
 
 
@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--contrasts", default=None, metavar="A-B,...",
                        help="planned comparisons, each method A minus method B (e.g. kd_ig-kd,"
                        "kd_ig-kd_ig+noise_maps), Holm-adjusted together; default: each method against student")
+        p.add_argument("--margin", type=float, default=0.40, metavar="POINTS",
+                       help="equivalence margin of the report's TOST verdicts, in accuracy points, recorded in "
+                       "study.json (default: 0.40, the paper's KD+IG - KD)")
         p.add_argument("--workers", type=int, default=None,
                        help="parallel runs on a local Ray instance (default: as many as the CPUs allow); "
                        "1 runs them one by one in this process, without Ray")
@@ -295,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="report.html and report.md of a study or search directory, from its "
                        "result files")
     p.add_argument("dir", help="a study directory (montecarlo or sweep) or a search directory (tune)")
+    p.add_argument("--margin", type=float, default=None, metavar="POINTS",
+                   help="equivalence margin of the TOST verdicts, in accuracy points (default: the one the study "
+                   "recorded, else 0.40)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="parameters, MACs, size and measured latency (median, p10, p90; batch 1 "

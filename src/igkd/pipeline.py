@@ -330,7 +330,8 @@ def precompute(cfg: Config, rank: int | None = None, world_size: int | None = No
     teacher, teacher_hash = map_teacher(cfg, ds, *load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:]))
     identity = store_identity(cfg, ds, teacher_hash, teacher)
     return precompute_ig(teacher, ds.train, store_path(cfg, identity), identity, ig_options(cfg, device),
-                         rank=rank, world_size=world_size, progress=progress)
+                         rank=rank, world_size=world_size, progress=progress,
+                         random_weights=cfg.ig.teacher_weights == "random")
 
 
 def open_store(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module | None = None) -> MapStore:
@@ -399,6 +400,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
             "method": method,
             "overlay_maps": cfg.augment.maps if uses_ig else None,
             "attribution": cfg.ig.attribution if uses_ig and cfg.augment.maps != "noise" else None,
+            "map_teacher": cfg.ig.teacher_weights if uses_ig and cfg.augment.maps != "noise" else None,
             "remove_blocks": arch.remove_blocks,
             "student": arch.to_dict(),
             "teacher": teacher_arch(cfg, shape[1:]),

@@ -189,6 +189,7 @@ def precompute_ig(
     progress: bool | None = None,
     finalize: bool = True,
     on_chunk_done: Callable[[int], None] | None = None,
+    random_weights: bool = False,
 ) -> PrecomputeResult:
     """Write (or finish) the attribution maps of ``dataset`` for ``model`` into the store at ``store_dir``.
 
@@ -202,7 +203,9 @@ def precompute_ig(
 
     Returns what this call did; the store is complete (``result.store`` set) once every chunk has
     been recorded and, with ``finalize``, verified. ``on_chunk_done(chunk)`` is called after each
-    chunk's record is written.
+    chunk's record is written. ``random_weights`` says that ``model`` is meant to know nothing (the
+    randomised-teacher control): recorded in the teacher check, so that a teacher at chance is reported
+    as expected rather than as a fault.
     """
     t_start = time.perf_counter()
     rank, world_size = resolve_rank(rank, world_size)
@@ -242,6 +245,8 @@ def precompute_ig(
     if identity.attribution.name == "gradcam":  # a layer without a feature map is refused before any work
         check_gradcam_layer(prepared.module, identity.attribution.layer, (c_, h, w))
     teacher_check = check_teacher(prepared.module, dataset, identity.convention, compute["batch_size"])
+    if random_weights:
+        teacher_check["random_weights"] = True
     for problem in explanation_problems({"teacher_check": teacher_check}):  # said before the long part
         warn_once(f"IG map store {path}: {problem}")
     meta = {

@@ -412,12 +412,18 @@ class StoreWriter:
 
 def explanation_problems(meta: dict[str, Any]) -> list[str]:
     """Why a store's maps may explain little, in words: its teacher was at chance on its own training
-    data, or more than :data:`CONSTANT_LIMIT` of its maps are constant (one value at every pixel: all
+    data (expected, and said so, for a teacher with random weights: ``teacher_check.random_weights``), or
+    more than :data:`CONSTANT_LIMIT` of its maps are constant (one value at every pixel: all
     zero where a Grad-CAM teacher's evidence vanishes; an all-zero IG map is refused outright).
     ``igkd precompute-ig`` warns with these lines and the report prints them under the gallery."""
     out = []
     teacher = meta.get("teacher_check") or {}
-    if teacher.get("at_chance"):
+    if teacher.get("at_chance") and teacher.get("random_weights"):
+        out.append(f"the teacher has random weights (the randomised-teacher control) and is at chance on the "
+                   f"training data ({teacher['accuracy']:.1f} % correct, the most frequent class "
+                   f"{teacher['majority']:.1f} %), as this control expects: its maps show what a network that "
+                   "learnt nothing attends to")
+    elif teacher.get("at_chance"):
         out.append(f"the teacher is at chance on its own training data ({teacher['accuracy']:.1f} % correct, "
                    f"while always answering the most frequent class gives {teacher['majority']:.1f} %): its "
                    "maps explain nothing; train it longer or check teacher.checkpoint")

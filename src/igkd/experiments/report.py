@@ -54,19 +54,23 @@ def build_sections(study: Study) -> list[Section]:
     return [s for s in (make(study) for make in SECTIONS) if s is not None]
 
 
-def write_report(study_dir: str | Path) -> tuple[Path, Path]:
+def write_report(study_dir: str | Path, margin: float | None = None, html: bool = True,
+                 name: str | None = None) -> tuple[Path | None, Path]:
     """Write ``report.html`` and ``report.md`` (plus ``report_files/``) into a study directory or a search
-    directory (``igkd tune``: one with ``tune.json``)."""
+    directory (``igkd tune``: one with ``tune.json``). ``margin`` (points) overrides the equivalence
+    margin the study recorded (a search has none); ``html=False`` writes the Markdown only (returning None
+    for the HTML); ``name`` is the study's name in the title (default: the folder's)."""
     folder = Path(study_dir)
     if (folder / "tune.json").is_file():
         from .tune_report import tune_sections
 
-        sections, title = tune_sections(folder), f"igkd search report: {folder.resolve().name}"
+        sections, title = tune_sections(folder), f"igkd search report: {name or folder.resolve().name}"
     else:
-        study = load_study(folder)
-        sections, title = build_sections(study), f"igkd study report: {study.dir.resolve().name}"
-    html_path, md_path = folder / "report.html", folder / "report.md"
-    atomic_write_text(html_path, to_html(title, sections))
+        study = load_study(folder, margin)
+        sections, title = build_sections(study), f"igkd study report: {name or study.dir.resolve().name}"
+    html_path, md_path = (folder / "report.html" if html else None), folder / "report.md"
+    if html_path is not None:
+        atomic_write_text(html_path, to_html(title, sections))
     atomic_write_text(md_path, to_markdown(title, sections, folder / FILES_DIR))
     return html_path, md_path
 

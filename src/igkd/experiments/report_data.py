@@ -23,6 +23,25 @@ class Study:
     dir: Path
     meta: dict
     rows: list[dict]
+    margin_given: float | None = None  # ``igkd report --margin``: overrides the one study.json records
+
+    @property
+    def margin(self) -> float:
+        """The equivalence margin in points: ``--margin`` of ``igkd report``, else the one the study recorded
+        (``--margin`` of ``igkd montecarlo``/``sweep``), else :data:`stats.DEFAULT_MARGIN` (the paper's
+        KD+IG - KD, 0.40)."""
+        if self.margin_given is not None:
+            return float(self.margin_given)
+        recorded = self.meta.get("margin")
+        return float(recorded) if finite(recorded) and recorded > 0 else stats.DEFAULT_MARGIN
+
+    @property
+    def margin_source(self) -> str:
+        if self.margin_given is not None:
+            return "given to igkd report"
+        if finite(self.meta.get("margin")) and self.meta["margin"] > 0:
+            return "recorded in study.json"
+        return "the default: the paper's KD+IG - KD"
 
     @property
     def methods(self) -> list[str]:
@@ -63,13 +82,17 @@ class Study:
         return float(np.mean(cfs)) if cfs else None
 
 
-def load_study(study_dir: str | Path) -> Study:
+def load_study(study_dir: str | Path, margin: float | None = None) -> Study:
+    """The study in ``study_dir`` (results checked against their checksums); ``margin`` overrides the
+    equivalence margin the study recorded."""
+    if margin is not None and not (finite(margin) and margin > 0):
+        raise ConfigError(f"--margin must be a positive number of percentage points, got {margin!r}")
     study_dir = Path(study_dir)
     rows = [_parse_row(r) for r in read_results(study_dir)]
     rows = [r for r in rows if r.get("method") and finite(r.get("test_acc_last"))]
     if not rows:
         raise ConfigError(f"{study_dir / 'results.csv'} holds no finished runs: nothing to report yet")
-    return Study(study_dir, read_study(study_dir), rows)
+    return Study(study_dir, read_study(study_dir), rows, margin)
 
 
 def _parse_row(raw: dict) -> dict:
@@ -158,25 +181,30 @@ def summary_section(study: Study) -> Section:
     section.blocks.append("Test accuracy after the last epoch over runs: n, min / mean / max, sd "
                           "and the 95 % confidence interval of the mean (t distribution).")
     for group in study.groups:
-        best_val = any(finite(r.get("test_acc_at_best_val")) for r in study.group_rows(group))
-        headers = ["method", "n", "min", "mean", "max", "sd", "95 % CI"]
-        if best_val:
-            headers += ["mean @ best val", "95 % CI @ best val"]
-        rows = []
-        for method in study.methods:
-            values = study.values(group, method)
-            if not values:
-                continue
-            d = stats.describe(values)
-            row = [method, str(d["n"]), fmt(d["min"]), fmt(d["mean"]), fmt(d["max"]), fmt(d["sd"]),
-                   fmt_ci(d["ci_low"], d["ci_high"])]
-            if best_val:
-                bv = study.values(group, method, "test_acc_at_best_val")
-                b = stats.describe(bv) if bv else {}
-                row += [fmt(b.get("mean")), fmt_ci(b.get("ci_low"), b.get("ci_high"))]
-            rows.append(row)
-        section.blocks += [Heading(group_title(study, group)), Table(headers, rows)]
+        section.blocks += [Heading(group_title(study, group)), summary_table(study, group)]
     return section
+
+
+def summary_table(study: Study, group: str) -> Table:
+    """One k's accuracy per method: n, min / mean / max, sd, 95 % CI (and at the best validation epoch)."""
+    best_val = any(finite(r.get("test_acc_at_best_val")) for r in study.group_rows(group))
+    headers = ["method", "n", "min", "mean", "max", "sd", "95 % CI"]
+    if best_val:
+        headers += ["mean @ best val", "95 % CI @ best val"]
+    rows = []
+    for method in study.methods:
+        values = study.values(group, method)
+        if not values:
+            continue
+        d = stats.describe(values)
+        row = [method, str(d["n"]), fmt(d["min"]), fmt(d["mean"]), fmt(d["max"]), fmt(d["sd"]),
+               fmt_ci(d["ci_low"], d["ci_high"])]
+        if best_val:
+            bv = study.values(group, method, "test_acc_at_best_val")
+            b = stats.describe(bv) if bv else {}
+            row += [fmt(b.get("mean")), fmt_ci(b.get("ci_low"), b.get("ci_high"))]
+        rows.append(row)
+    return Table(headers, rows)
 
 
 def sweep_section(study: Study) -> Section | None:
@@ -199,7 +227,8 @@ def comparison_section(study: Study) -> Section:
     intro = (f"Each method against {study.baseline}, {kind}; p-values are Holm-adjusted within each k. "
              "Difference = method - baseline, in percentage points.")
     return _comparisons(study, f"Comparison with {study.baseline}", intro, "method",
-                        lambda samples: stats.compare_to_baseline(samples, study.baseline, paired=study.paired))
+                        lambda samples: stats.compare_to_baseline(samples, study.baseline, paired=study.paired,
+                                                                  margin=study.margin))
 
 
 def contrasts_section(study: Study) -> Section | None:
@@ -211,7 +240,8 @@ def contrasts_section(study: Study) -> Section | None:
     intro = (f"The comparisons named before the runs (--contrasts), {kind}; p-values are Holm-adjusted across "
              "these comparisons within each k. Difference = first - second, in percentage points.")
     return _comparisons(study, "Planned comparisons", intro, "comparison",
-                        lambda samples: stats.compare_pairs(samples, pairs, paired=study.paired))
+                        lambda samples: stats.compare_pairs(samples, pairs, paired=study.paired,
+                                                            margin=study.margin))
 
 
 def _comparisons(study: Study, title: str, intro: str, first_column: str, compare) -> Section:
@@ -229,7 +259,7 @@ def _comparisons(study: Study, title: str, intro: str, first_column: str, compar
             continue
         rows = []
         for c in results:
-            name = c["method"] if first_column == "method" else f"{c['method']} - {c['baseline']}"
+            name = comparison_name(c, first_column)
             n = str(c["n_a"]) if study.paired else f"{c['n_a']} / {c['n_b']}"
             rows.append([
                 name, n,
@@ -244,21 +274,61 @@ def _comparisons(study: Study, title: str, intro: str, first_column: str, compar
                 where = name if len(study.groups) == 1 else f"{name} at k = {group}"
                 whys.setdefault(c["why"], []).append(where)
         section.blocks.append(Table(headers, rows, align="lr" + "l" * 2 + "r" * 3 + "lr" + "ll"))
+        section.blocks.append(f"Equivalence within ±{fmt(study.margin)} points and power:")
+        section.blocks.append(equivalence_table(study, results, first_column))
     if len(whys) == 1:
         section.blocks.append(f"Test choice: {next(iter(whys))}")
     else:
         section.blocks += [f"Test choice for {', '.join(where)}: {why}" for why, where in whys.items()]
+    section.blocks.append(margin_note(study))
     return section
 
 
-def comparison_samples(study: Study, group: str) -> dict[str, list[float]]:
+def comparison_name(c: dict, first_column: str = "comparison") -> str:
+    return c["method"] if first_column == "method" else f"{c['method']} - {c['baseline']}"
+
+
+def verdict_text(c: dict) -> str:
+    """The verdict in words: better, worse, equivalent within ±m, inconclusive."""
+    return f"equivalent within ±{fmt(c['margin'])}" if c["verdict"] == "equivalent" else c["verdict"]
+
+
+def fmt_runs(n) -> str:
+    return str(int(n)) if finite(n) else "-"
+
+
+def equivalence_table(study: Study, results: list[dict], first_column: str = "comparison") -> Table:
+    """Per comparison (``stats.compare_pairs`` with a margin): the mean difference with its 95 % CI, the
+    90 % CI and p of the two one-sided tests against ±m, the minimum detectable effect at 80 % power,
+    the runs that would detect m, and the verdict."""
+    m = fmt(study.margin)
+    headers = [first_column, "n", "mean diff [95 % CI]", "p (Holm)", "90 % CI", f"TOST p (±{m})",
+               "MDE (80 % power)", f"runs to detect {m}", "verdict"]
+    rows = [[comparison_name(c, first_column), str(c["n_a"]) if study.paired else f"{c['n_a']} / {c['n_b']}",
+             f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
+             fmt_p(c["p_holm"]), fmt_ci(c["tost_ci_low"], c["tost_ci_high"]), fmt_p(c["tost_p"]),
+             fmt(c["mde"]), fmt_runs(c["n_for_margin"]), verdict_text(c)] for c in results]
+    return Table(headers, rows, align="lrlrlrrrl")
+
+
+def margin_note(study: Study) -> str:
+    per = "pairs" if study.paired else "runs per method"
+    return (f"Margin m = {fmt(study.margin)} points ({study.margin_source}). Verdicts - {stats.VERDICT_RULE}. "
+            "TOST: statsmodels' ttost_paired (paired) or ttost_ind with unequal variances, at alpha 0.05, "
+            "not adjusted. MDE: the smallest true difference a two-sided t-test at alpha 0.05 detects with "
+            f"80 % power at this n, given the {'sd of the paired differences' if study.paired else 'pooled sd'} "
+            f"(statsmodels' {'TTestPower' if study.paired else 'TTestIndPower'}); runs to detect m: the {per} "
+            "at which a true difference of m would be detected with that power.")
+
+
+def comparison_samples(study: Study, group: str, column: str = "test_acc_last") -> dict[str, list[float]]:
     """``{method: accuracies}`` of one k, baseline included: aligned by run when paired, and only
-    methods with at least two runs (fewer cannot be tested)."""
+    methods with at least two runs (fewer cannot be tested). ``column``: which accuracy of results.csv
+    (``test_acc_at_best_val``: at the best validation epoch)."""
     if study.paired:
-        samples = stats.paired_samples(study.group_rows(group), value="test_acc_last", key="run",
-                                       group="method")
+        samples = stats.paired_samples(study.group_rows(group), value=column, key="run", group="method")
     else:
-        samples = {m: study.values(group, m) for m in study.methods}
+        samples = {m: study.values(group, m, column) for m in study.methods}
     samples = {m: samples[m] for m in study.methods if len(samples.get(m, [])) >= 2}
     if study.baseline not in samples or len(samples) < 2:
         raise ValueError(f"{study.baseline} and at least one other method need two or more "
@@ -266,5 +336,7 @@ def comparison_samples(study: Study, group: str) -> dict[str, list[float]]:
     return samples
 
 
-__all__ = ["Study", "comparison_section", "comparison_samples", "contrasts_section", "finite", "fmt", "fmt_ci", "fmt_p", "group_title",
-           "header_section", "load_study", "summary_section", "sweep_section", "teacher_accuracy"]
+__all__ = ["Study", "comparison_name", "comparison_section", "comparison_samples", "contrasts_section",
+           "equivalence_table", "finite", "fmt", "fmt_ci", "fmt_p", "fmt_runs", "group_title", "header_section",
+           "load_study", "margin_note", "summary_section", "summary_table", "sweep_section", "teacher_accuracy",
+           "verdict_text"]

@@ -6,13 +6,19 @@ shared its seed, data subset and initialisation, unpaired otherwise), ``compare_
 that for every method with a Holm correction across the comparisons, and ``paired_samples`` turns
 result rows (e.g. from ``csv.DictReader``) into aligned per-method samples.
 
+With a ``margin`` (percentage points) every comparison also carries an equivalence test (TOST:
+``equivalence``), its power (``power``: the smallest difference the study could detect, and the runs
+needed to detect the margin) and a verdict in words (``verdict``).
+
 The tests themselves come from scipy and statsmodels; this module only chooses them, computes
 effect sizes and t confidence intervals, and validates the input.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,8 +26,21 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.diagnostic import lilliefors
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
-__all__ = ["compare", "compare_pairs", "compare_to_baseline", "describe", "paired_samples"]
+__all__ = ["DEFAULT_MARGIN", "VERDICT_RULE", "VERDICTS", "compare", "compare_pairs", "compare_to_baseline", "describe",
+           "equivalence", "paired_samples", "power", "verdict"]
+
+# The paper's KD+IG - KD (92.02 - 91.62 %): the effect a study should be able to confirm or exclude.
+DEFAULT_MARGIN = 0.40
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+VERDICT_RULE = (
+    "better: the difference is significant after Holm's correction (p (Holm) < alpha, so its 95 % CI "
+    "excludes 0) and positive; worse: significant and negative; equivalent within ±m: not significant, "
+    "and the two one-sided tests (TOST) reject a difference of -m or less and of +m or more (TOST p < "
+    "alpha, i.e. the 90 % CI lies inside ±m); inconclusive: neither"
+)
 
 _NAN = float("nan")
 # Lilliefors' tables start at n = 4; below that the test is not defined.
@@ -156,6 +175,7 @@ def _compare_paired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
         "nonparametric_p": w_p,
         "effect_name": "Cohen's d_z",
         "effect": effect,
+        "sd": sd_d,
         "normality_p": normality,
         "why": why + ".",
     }
@@ -170,6 +190,7 @@ def _compare_unpaired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
     # Welch–Satterthwaite degrees of freedom (undefined when both samples are constant).
     df = (q1 + q2) ** 2 / (q1**2 / (n1 - 1) + q2**2 / (n2 - 1)) if se > 0 else _NAN
     ci_low, ci_high = _t_interval(mean_diff, se, df, confidence)
+    pooled_sd = math.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
     if se == 0.0:
         # Both samples constant: the difference is known exactly.
         ci_low = ci_high = mean_diff
@@ -177,7 +198,6 @@ def _compare_unpaired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
     else:
         res = stats.ttest_ind(a, b, equal_var=False)
         statistic, p = float(res.statistic), float(res.pvalue)
-        pooled_sd = math.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
         effect = mean_diff / pooled_sd
     u = stats.mannwhitneyu(a, b, alternative="two-sided")
     normality = _normality_p(a, b)
@@ -204,6 +224,7 @@ def _compare_unpaired(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
         "nonparametric_p": float(u.pvalue),
         "effect_name": "Cohen's d",
         "effect": effect,
+        "sd": pooled_sd,
         "normality_p": normality,
         "why": why + ".",
     }
@@ -213,7 +234,8 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool, confidence: fl
     """Test method ``a`` against baseline ``b``; the difference is ``a - b``.
 
     Paired: paired t-test, Wilcoxon signed-rank, Cohen's d_z; unpaired: Welch's t-test,
-    Mann-Whitney U, Cohen's d with pooled sd. Both need at least two runs per sample. When the
+    Mann-Whitney U, Cohen's d with pooled sd (``sd``: the sd of the differences when paired, the
+    pooled sd otherwise). Both need at least two runs per sample. When the
     relevant sd is exactly zero, t is reported as 0 (p = 1) for no difference and as +-inf
     (p = 0) otherwise; Wilcoxon ranks the differences rounded to 1e-9.
     """
@@ -235,18 +257,19 @@ def compare_to_baseline(
     paired: bool,
     confidence: float = 0.95,
     alpha: float = 0.05,
+    margin: float | None = None,
 ) -> list[dict]:
     """``compare`` every method with ``baseline`` and Holm-correct the p-values across methods.
 
     Each result also carries ``method``, ``baseline``, ``p_holm``, ``nonparametric_p_holm`` and
-    ``significant`` (``p_holm < alpha``).
+    ``significant`` (``p_holm < alpha``); with a ``margin``, those of ``compare_pairs``.
     """
     if baseline not in samples:
         raise ValueError(f"baseline {baseline!r} not among the methods {list(samples)}")
     methods = [m for m in samples if m != baseline]
     if not methods:
         raise ValueError("no method other than the baseline to compare")
-    return compare_pairs(samples, [(m, baseline) for m in methods], paired, confidence, alpha)
+    return compare_pairs(samples, [(m, baseline) for m in methods], paired, confidence, alpha, margin)
 
 
 def compare_pairs(
@@ -255,11 +278,19 @@ def compare_pairs(
     paired: bool,
     confidence: float = 0.95,
     alpha: float = 0.05,
+    margin: float | None = None,
 ) -> list[dict]:
     """``compare`` each ``(method, baseline)`` pair (planned contrasts: difference = method - baseline)
     and Holm-correct the p-values across the pairs. Each result carries the fields of
-    ``compare_to_baseline``'s."""
+    ``compare_to_baseline``'s.
+
+    With a ``margin`` (percentage points) each result also carries ``equivalence``'s fields (TOST at
+    ``alpha``, not adjusted: each equivalence claim is an intersection of two tests that needs no
+    correction), ``power``'s (``mde``, ``n_for_margin``: 80 % power, two-sided ``alpha``) and
+    ``verdict`` (:func:`verdict`, by :data:`VERDICT_RULE`)."""
     alpha = _check_level(alpha, "alpha")
+    if margin is not None:
+        margin = _check_margin(margin)
     if not pairs:
         raise ValueError("no comparison asked for")
     absent = sorted({m for pair in pairs for m in pair if m not in samples})
@@ -271,14 +302,134 @@ def compare_pairs(
             res = compare(samples[method], samples[baseline], paired=paired, confidence=confidence)
         except ValueError as exc:
             raise ValueError(f"{method} vs {baseline}: {exc}") from None
+        if margin is not None:
+            res.update(equivalence(samples[method], samples[baseline], paired, margin, alpha))
+            res.update(power(res["sd"], res["n_a"], res["n_b"], paired, margin, alpha))
         results.append({"method": method, "baseline": baseline, **res})
-    p_holm = multipletests([r["p"] for r in results], alpha=alpha, method="holm")[1]
-    np_holm = multipletests([r["nonparametric_p"] for r in results], alpha=alpha, method="holm")[1]
+    p_holm = _holm([r["p"] for r in results], alpha)
+    np_holm = _holm([r["nonparametric_p"] for r in results], alpha)
     for r, ph, nph in zip(results, p_holm, np_holm):
         r["p_holm"] = float(ph)
         r["nonparametric_p_holm"] = float(nph)
         r["significant"] = bool(ph < alpha)
+        if margin is not None:
+            r["verdict"] = verdict(r)
     return results
+
+
+def equivalence(a: Sequence[float], b: Sequence[float], paired: bool, margin: float,
+                alpha: float = 0.05) -> dict:
+    """Two one-sided tests (TOST) of ``a - b`` against the margin ``±margin`` (statsmodels'
+    ``ttost_paired``, or ``ttost_ind`` with unequal variances, as Welch's test).
+
+    Returns ``margin``, ``tost_p`` (the larger of the two one-sided p-values), ``equivalent``
+    (``tost_p < alpha``) and the ``1 - 2 alpha`` (90 %) CI of the difference, ``tost_ci_low`` /
+    ``tost_ci_high``: equivalence at level alpha is that CI lying inside ``±margin``. When the spread
+    is exactly zero the difference is known: p is 0 inside the margin and 1 outside.
+    """
+    alpha = _check_level(alpha, "alpha")
+    margin = _check_margin(margin)
+    xa, xb = _as_sample(a, "a", min_n=2), _as_sample(b, "b", min_n=2)
+    if paired and xa.size != xb.size:
+        raise ValueError(f"paired comparison needs equal lengths, got {xa.size} (a) and {xb.size} (b)")
+    if paired:
+        d = xa - xb
+        mean_diff, se, df = float(np.mean(d)), float(np.std(d, ddof=1)) / math.sqrt(d.size), float(d.size - 1)
+    else:
+        q1, q2 = float(np.var(xa, ddof=1)) / xa.size, float(np.var(xb, ddof=1)) / xb.size
+        mean_diff, se = float(np.mean(xa) - np.mean(xb)), math.sqrt(q1 + q2)
+        df = (q1 + q2) ** 2 / (q1**2 / (xa.size - 1) + q2**2 / (xb.size - 1)) if se > 0 else _NAN
+    exact = se == 0.0 or (paired and np.ptp(np.round(xa - xb, _RANK_DECIMALS)) == 0.0)
+    if exact:  # t is undefined (or float noise): the difference is known
+        p = 0.0 if abs(mean_diff) < margin else 1.0
+        low = high = mean_diff
+    else:
+        if paired:
+            p = float(ttost_paired(xa, xb, -margin, margin)[0])
+        else:
+            p = float(ttost_ind(xa, xb, -margin, margin, usevar="unequal")[0])
+        low, high = _t_interval(mean_diff, se, df, 1.0 - 2.0 * alpha)
+    return {"margin": margin, "tost_p": p, "equivalent": bool(p < alpha), "tost_ci_low": low,
+            "tost_ci_high": high, "tost_confidence": 1.0 - 2.0 * alpha}
+
+
+def power(sd: float, n_a: int, n_b: int | None = None, paired: bool = True, margin: float | None = None,
+          alpha: float = 0.05, target: float = 0.8) -> dict:
+    """What a two-sided t-test at ``alpha`` detects with probability ``target`` (80 %).
+
+    Paired: ``sd`` is the standard deviation of the paired differences and ``n_a`` the number of pairs
+    (statsmodels' ``TTestPower``, a one-sample t-test on the differences). Unpaired: ``sd`` is the
+    pooled standard deviation of two groups of ``n_a`` and ``n_b`` runs (``TTestIndPower``). Returns
+    ``mde``, the minimum detectable effect in the units of ``sd`` (the effect size solved for, times
+    ``sd``), and with a ``margin``, ``n_for_margin``: the runs (pairs; per group when unpaired) at which
+    a true difference of ``margin`` is detected with that power. nan where undefined (fewer than 2 runs,
+    no spread: a zero spread detects any difference, ``mde`` 0 and ``n_for_margin`` 2).
+    """
+    alpha, target = _check_level(alpha, "alpha"), _check_level(target, "power")
+    n_b = n_a if n_b is None else n_b
+    out = {"power": target, "power_alpha": alpha, "mde": _NAN, "n_for_margin": _NAN}
+    if not (finite_number(sd) and sd >= 0) or n_a < 2 or n_b < 2:
+        return out
+    if sd == 0.0:
+        return {**out, "mde": 0.0, "n_for_margin": 2 if margin is not None else _NAN}
+    analysis = TTestPower() if paired else TTestIndPower()
+    size = {"nobs": n_a} if paired else {"nobs1": n_a, "ratio": n_b / n_a}
+    kw = {"alpha": alpha, "power": target, "alternative": "two-sided"}
+    with warnings.catch_warnings():  # statsmodels' root finder warns (and gives nan) where it fails
+        warnings.simplefilter("ignore")
+        out["mde"] = float(analysis.solve_power(effect_size=None, **size, **kw)) * sd
+    if margin is not None:
+        margin = _check_margin(margin)
+        effect = margin / sd
+
+        def enough(n: int) -> bool:
+            at = {"nobs": n} if paired else {"nobs1": n, "ratio": 1.0}
+            return analysis.power(effect_size=effect, alpha=alpha, alternative="two-sided", **at) >= target
+
+        nobs = {"nobs": None} if paired else {"nobs1": None, "ratio": 1.0}
+        with warnings.catch_warnings():  # statsmodels' root finder warns and gives nan near n = 2
+            warnings.simplefilter("ignore")
+            n = float(analysis.solve_power(effect_size=effect, **nobs, **kw))
+        if math.isfinite(n):  # the real root, made the smallest whole n that reaches the power
+            k = max(2, math.ceil(n))
+            while k > 2 and enough(k - 1):
+                k -= 1
+            while not enough(k) and k < n + 10:  # (power is nan at one degree of freedom)
+                k += 1
+            out["n_for_margin"] = k
+        else:  # a very large effect: the first n from 2 up that reaches the power
+            out["n_for_margin"] = next((k for k in range(2, 64) if enough(k)), _NAN)
+    return out
+
+
+def verdict(result: Mapping[str, Any]) -> str:
+    """One of :data:`VERDICTS` for a comparison with ``significant``, ``mean_diff`` and ``equivalent``
+    (``compare_pairs`` with a margin): the rule is :data:`VERDICT_RULE`. A significant difference is
+    "better" or "worse" even when it is also smaller than the margin."""
+    if result["significant"]:
+        return "better" if result["mean_diff"] > 0 else "worse"
+    return "equivalent" if result["equivalent"] else "inconclusive"
+
+
+def finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check_margin(margin: float) -> float:
+    if not (finite_number(margin) and margin > 0):
+        raise ValueError(f"margin must be a positive number of percentage points, got {margin!r}")
+    return float(margin)
+
+
+def _holm(p: list[float], alpha: float) -> np.ndarray:
+    """Holm-adjusted p-values (statsmodels' ``multipletests``). Its Holm branch calls ``gc.collect()``, which
+    takes about half a second in a process that holds many objects (torch's, pytest's); frozen objects are
+    not collected, so the call costs only what it computes."""
+    gc.freeze()
+    try:
+        return multipletests(p, alpha=alpha, method="holm")[1]
+    finally:
+        gc.unfreeze()
 
 
 def _run_order(run: str) -> tuple[int, float, str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -62,6 +63,7 @@ from ..runs import RunDir
 from ..tracking import StudyTracker
 from ..utils import derive_seed
 from .results import read_results, read_study
+from .stats import DEFAULT_MARGIN
 
 # The paper's compression sweep: k = 3 .. 17 removed feature modules (CF 2.2 .. 1122).
 PAPER_DEPTHS = (3, 5, 7, 9, 11, 13, 15, 17)
@@ -126,6 +128,8 @@ class StudyPlan:
     # Planned contrasts (method, baseline), each tested as method - baseline with Holm across them; none:
     # every method against the baseline. Reported only: they change no run.
     contrasts: list[tuple[str, str]] = field(default_factory=list)
+    # The equivalence margin (points) the report's TOST verdicts use. Reported only: it changes no run.
+    margin: float = DEFAULT_MARGIN
 
     def __post_init__(self) -> None:
         if self.kind not in ("montecarlo", "sweep"):
@@ -146,6 +150,8 @@ class StudyPlan:
         if not self.baseline:
             self.baseline = "student" if "student" in self.methods else self.methods[0]
         check_contrasts(self.contrasts, self.methods)
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
+            raise ConfigError(f"--margin must be a positive number of percentage points, got {self.margin!r}")
 
     @property
     def arms(self) -> list[Arm]:
@@ -363,7 +369,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
     """Write study.json, or check that the study already in ``out`` is this one."""
     record = {"kind": plan.kind, "plan": asdict(plan), "methods": plan.methods, "runs": plan.runs,
               "remove_blocks": plan.remove_blocks, "paired": plan.paired, "train_fraction": plan.train_fraction,
-              "baseline": plan.baseline, "contrasts": [list(c) for c in plan.contrasts],
+              "baseline": plan.baseline, "contrasts": [list(c) for c in plan.contrasts], "margin": plan.margin,
               "dataset": cfg.data.name, "config": cfg.to_dict()}
     old = read_study(out)
     if old:
