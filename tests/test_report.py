@@ -238,3 +238,22 @@ def test_report_margin_option_overrides_the_recorded_one(tmp_path, capsys):
     assert "Margin m = 0.40 points (the default" in md
     assert main(["report", str(study), "--margin", "-1"]) == 2
     assert "margin" in capsys.readouterr().err
+
+
+def test_learning_curves_use_validation_when_the_test_set_was_tested_at_the_end_only(tmp_path):
+    """train.test_eval=end leaves test_acc NaN on most epochs: the curves then show validation accuracy
+    (and say so), not an empty plot."""
+    study = make_study(tmp_path / "study")
+    _, md = write_report(study)
+    assert "Mean test accuracy per epoch" in md.read_text()
+    for path in (study / "runs").rglob("metrics.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        for m in lines:
+            m["val_acc"] = m["test_acc"] - 1
+            if m["epoch"] != len(lines):
+                m["test_acc"] = float("nan")
+        path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    _, md = write_report(study)
+    text = md.read_text()
+    assert "Mean validation accuracy per epoch" in text and "train.test_eval=end" in text
+    assert (study / "report_files" / "learning_curves.png").is_file()

@@ -90,38 +90,51 @@ def compression_plot_section(study: Study) -> Section | None:
 
 
 def learning_curves_section(study: Study) -> Section | None:
-    # curves[group][method][epoch] -> test accuracies of all runs at that epoch
-    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    """Mean accuracy per epoch of each method (band: min to max over runs): the test set's when every epoch
+    was tested, else (``train.test_eval=end``) the validation set's; dashed: accuracy on the training
+    batches, so the gap between the two shows how far the students fit their training set."""
+    metrics = {r["run_dir"]: read_run_metrics(study.dir / r["run_dir"]) for r in study.rows if r.get("run_dir")}
+    every_epoch_tested = all(finite(m.get("test_acc")) for ms in metrics.values() for m in ms)
+    key, label = ("test_acc", "test") if every_epoch_tested else ("val_acc", "validation")
+    # curves[group][method][split][epoch] -> accuracies of all runs at that epoch
+    curves: dict[str, dict[str, dict[str, dict[int, list[float]]]]] = {}
     for r in study.rows:
-        if not r.get("run_dir"):
-            continue
-        for m in read_run_metrics(study.dir / r["run_dir"]):
-            if finite(m.get("test_acc")) and m.get("epoch") is not None:
-                by_epoch = curves.setdefault(r["remove_blocks"], {}).setdefault(r["method"], {})
-                by_epoch.setdefault(int(m["epoch"]), []).append(float(m["test_acc"]))
-    if not curves:
+        for m in metrics.get(r.get("run_dir"), []):
+            if m.get("epoch") is None:
+                continue
+            for split in (key, "train_acc"):
+                if finite(m.get(split)):
+                    by_epoch = curves.setdefault(r["remove_blocks"], {}).setdefault(r["method"], {})
+                    by_epoch.setdefault(split, {}).setdefault(int(m["epoch"]), []).append(float(m[split]))
+    if not any(key in by_split for methods in curves.values() for by_split in methods.values()):
         return None
     groups = [g for g in study.groups if g in curves]
     fig, axes = plt.subplots(1, len(groups), figsize=(1 + 5 * len(groups), 4), sharey=True,
                              squeeze=False)
     for ax, group in zip(axes[0], groups):
         for i, method in enumerate(study.methods):
-            by_epoch = curves[group].get(method)
-            if not by_epoch:
-                continue
-            epochs = sorted(by_epoch)
-            ax.plot(epochs, [np.mean(by_epoch[e]) for e in epochs], color=f"C{i}", label=method,
-                    marker="o" if len(epochs) <= 20 else None, markersize=3)
-            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs],
-                            [max(by_epoch[e]) for e in epochs], color=f"C{i}", alpha=0.2, lw=0)
+            for split, style in ((key, "-"), ("train_acc", "--")):
+                by_epoch = curves[group].get(method, {}).get(split)
+                if not by_epoch:
+                    continue
+                epochs = sorted(by_epoch)
+                ax.plot(epochs, [np.mean(by_epoch[e]) for e in epochs], color=f"C{i}", ls=style, lw=1 if
+                        style == "--" else 1.5, label=method if split == key else None,
+                        marker="o" if len(epochs) <= 20 and split == key else None, markersize=3)
+                if split == key:
+                    ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs],
+                                    [max(by_epoch[e]) for e in epochs], color=f"C{i}", alpha=0.2, lw=0)
         ax.set_title(group_title(study, group), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    return Section("Learning curves", [figure(fig, "learning_curves",
-                                              "Mean test accuracy per epoch; band: min to max over runs.")])
+    axes[0][0].set_ylabel("accuracy (%)")
+    caption = (f"Mean {label} accuracy per epoch; band: min to max over runs. Dashed: accuracy on the "
+               "(augmented) training batches.")
+    if not every_epoch_tested:
+        caption += " The test set was evaluated at the last and the best-validation epochs only (train.test_eval=end)."
+    return Section("Learning curves", [figure(fig, "learning_curves", caption)])
 
 
 def gallery_section(study: Study, max_images: int = 12) -> Section | None:
