@@ -303,3 +303,49 @@ def test_evaluate_export_and_bench_through_the_public_names(tmp_path):
     rows = b["models"][0]["latency"]
     assert {r["runtime"] for r in rows} == {"torch", "onnxruntime"} and all(r["median_ms"] > 0 for r in rows)
     assert b["models"][0]["params"] == sum(p.numel() for p in student.parameters())
+
+
+def test_igkd_fit_and_igkd_distill_give_the_same_run_bit_for_bit(tmp_path):
+    """One result, two doors: `igkd distill` from a preset, and igkd.fit on Python objects (the same images,
+    split, teacher, student initialisation, maps and settings) train the same weights and log the same
+    metrics. The IG maps of igkd.compute_maps are those of `igkd precompute-ig`, to the bit."""
+    require(FASHION_MNIST, "Fashion-MNIST")
+    from igkd.cli import main
+    from igkd.config import load_config
+    from igkd.pipeline import load_datasets, training_data
+    from igkd.utils import derive_seed
+
+    sets = ["data.train_size=300", "data.test_size=200", "train.epochs=1", "train.device=cpu", "train.threads=1",
+            "ig.n_steps=4", "ig.chunk_size=150", f"ig.cache_dir={tmp_path / 'ig'}", "track.tensorboard=false"]
+    args = ["-c", "demo-fashion-mnist", *(a for s in sets for a in ("--set", s))]
+    assert main(["precompute-ig", *args]) == 0
+    assert main(["distill", *args, "--out", str(tmp_path / "cli")]) == 0
+
+    # The same data as Python objects: the preset's subset and its seeded split.
+    cfg = load_config(ROOT / "src" / "igkd" / "configs" / "demo-fashion-mnist.yaml", sets)
+    ds = load_datasets(cfg)
+    split = training_data(ds, cfg.data.val_fraction, cfg.train.seed)
+    train = Images(ds.train.x[split.train_pos], ds.train.y[split.train_pos])
+    val = Images(ds.train.x[split.val_pos], ds.train.y[split.val_pos])
+    test = Images(ds.test.x, ds.test.y)
+
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))  # as igkd distill initialises with train.seed
+    teacher = igkd.create_model(**FM_TEACHER)
+    student = igkd.create_student(teacher, remove_blocks=11)
+    store = igkd.compute_maps(teacher.eval(), Images(ds.train.x, ds.train.y), tmp_path / "maps", n_steps=4,
+                              normalize=FM_NORMALIZE, chunk_size=150, progress=False)
+    cli_store = next((tmp_path / "ig").iterdir())
+    assert np.array_equal(np.load(cli_store / "maps.npy"), np.asarray(store.maps))
+    summary = igkd.fit(igkd.Distiller(student, teacher, "kd_ig"), train, val, test, out=tmp_path / "py", epochs=1,
+                       maps=store.load_all()[split.train_pos], normalize=FM_NORMALIZE, augment={"crop_padding": 2},
+                       device="cpu", threads=1, progress=False)
+    assert summary["train_images"] == 270
+
+    cli_w, py_w = (torch.load(tmp_path / d / "model.pt")["model"] for d in ("cli", "py"))
+    assert cli_w.keys() == py_w.keys() and all(torch.equal(cli_w[k], py_w[k]) for k in cli_w)
+
+    def metrics(d: str) -> list[dict]:
+        rows = [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]
+
+    assert metrics("cli") == metrics("py") and metrics("py")[0]["loss_kd"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -16,7 +17,7 @@ __all__ = ["create_model", "create_student"]
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, checkpoint: str | os.PathLike | None = None,
-                 **kwargs) -> nn.Module:
+                 **kwargs: Any) -> nn.Module:
     """A network by name, freshly initialised, or with the weights of ``checkpoint``.
 
     Args:
