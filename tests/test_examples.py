@@ -54,10 +54,7 @@ def test_lightning_example_reaches_its_accuracy():
     _require_module("pytorch_lightning")
     acc = _example("lightning").main(["--train-size", "1000", "--test-size", "500", "--epochs", "4",
                                       "--workers", "2"])
-    assert acc >= LIGHTNING_AT_LEAST, acc
-
-
-LIGHTNING_AT_LEAST = 30.0  # chance: 10 %
+    assert acc >= 40.0, acc  # chance: 10 %; 51.4 % measured (README)
 
 
 def quickstart_code() -> str:
