@@ -78,9 +78,10 @@ def measure(method: str, teacher: torch.nn.Module, args, device: torch.device, d
     """Step and data-path time of one method under one set of options."""
     torch.manual_seed(0)
     student = truncated_student(teacher, args.remove_blocks)
-    distiller = Distiller(student, teacher if method != "student" else None, method,
-                          DistillConfig(teacher_runtime=options["teacher"] if method != "student" else "auto"),
-                          at_layer=at_layer_for(args.remove_blocks)).to(device)
+    distiller = Distiller.from_config(
+        student, teacher if method != "student" else None, method,
+        DistillConfig(teacher_runtime=options["teacher"] if method != "student" else "auto"),
+        at_layer=at_layer_for(args.remove_blocks)).to(device)
     if options["channels_last"]:
         distiller.to(memory_format=torch.channels_last)
     distiller.train()
@@ -103,8 +104,7 @@ def measure(method: str, teacher: torch.nn.Module, args, device: torch.device, d
     def step(k: int) -> None:
         x, y = batch(k)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            _logits, losses = step_module(x, y)
-        loss = sum(losses.values())
+            loss = step_module(x, y)["loss"]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up: Fashion-MNIST from Debian (where apt exists), a virtual environment in .venv with
-# PyTorch and igkd (editable, with the test, deploy, models and tracking extras). Safe to run again.
+# PyTorch and igkd (editable, with the test, deploy, models, tracking, docs and lightning extras). Safe to run
+# again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,5 +23,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch and torchvision pinned to the builds this project is tested with.
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e '.[test,deploy,models,tracking]'
+.venv/bin/python -m pip install -q -e '.[test,deploy,models,tracking,docs,lightning]'
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

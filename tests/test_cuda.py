@@ -30,7 +30,8 @@ def test_teacher_runtime_on_cuda_matches_eager():
         x = torch.randn(64, 3, 32, 32, device="cuda")
         out = {}
         for rt in ("eager", "auto"):
-            d = Distiller(student, teacher, "kd_ig_at", DistillConfig(teacher_runtime=rt), at_layer=9).cuda().train()
+            d = Distiller.from_config(student, teacher, "kd_ig_at", DistillConfig(teacher_runtime=rt),
+                                      at_layer=9).cuda().train()
             out[rt] = d.teacher_outputs(x)
             assert d._ort is None
         (z0, f0), (z1, f1) = out["eager"], out["auto"]

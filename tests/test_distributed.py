@@ -65,7 +65,7 @@ def _setup(method: str = "kd_ig_at", n_train: int = 84, student_bn: bool = False
     student = truncated_student(teacher, 11)
     if not student_bn:
         _without_batch_norm(student)
-    distiller = Distiller(student, teacher, method, DistillConfig(), at_layer=4)
+    distiller = Distiller.from_config(student, teacher, method, DistillConfig(), at_layer=4)
     data = TrainingData(train, test, torch.arange(n_train), torch.arange(n_train, n),
                         InputConvention((0.5,) * 3, (0.25,) * 3))
     return distiller, data, maps
@@ -177,7 +177,7 @@ def _tiny() -> Distiller:
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(4, 4))
-    return Distiller(net, None, "student", DistillConfig())
+    return Distiller.from_config(net, None, "student", DistillConfig())
 
 
 def _fit_once(tmp_path: Path, name: str, distiller: Distiller, data, maps=None, resume=False, **options):

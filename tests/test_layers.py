@@ -20,7 +20,19 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 
 def test_layers_and_no_cycles_hold():
     r = lint_imports(ROOT)
-    assert r.returncode == 0 and "2 kept, 0 broken" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "3 kept, 0 broken" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_cli_reaching_past_the_public_face_breaks_the_contract(tmp_path):
+    # The CLI's verbs call igkd.api (one code path with Python users); a verb calling the pipeline directly breaks it.
+    shutil.copytree(ROOT / "src" / "igkd", tmp_path / "src" / "igkd",
+                    ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    cli = tmp_path / "src" / "igkd" / "cli.py"
+    cli.write_text(cli.read_text() + "\n\ndef _direct():\n    from .pipeline import distill\n\n    return distill\n")
+    r = lint_imports(tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "igkd.cli is not allowed to import igkd.pipeline" in r.stdout and "2 kept, 1 broken" in r.stdout
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
@@ -34,4 +46,4 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     r = lint_imports(tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "igkd.models is not allowed to import igkd.config" in r.stdout
-    assert "No cycles are allowed in igkd" in r.stdout and "0 kept, 2 broken" in r.stdout
+    assert "No cycles are allowed in igkd" in r.stdout and "1 kept, 2 broken" in r.stdout

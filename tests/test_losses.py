@@ -57,7 +57,7 @@ def test_distiller_named_terms_and_frozen_eval_teacher():
     teacher = cifar_mobilenet_v2(width_mult=0.25)
     student = truncated_student(teacher, 5)
     cfg = DistillConfig(alpha=0.3, temperature=2.0, gamma=0.8)
-    d = Distiller(student, teacher, "kd_at", cfg, at_layer=9)
+    d = Distiller.from_config(student, teacher, "kd_at", cfg, at_layer=9)
     d.train()
     assert not d.teacher.training and student.training
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
@@ -83,7 +83,8 @@ def test_teacher_runtimes_match_the_eager_teacher(method, runtime):
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     out = {}
     for rt in ("eager", runtime):
-        d = Distiller(student, teacher, method, DistillConfig(teacher_runtime=rt), at_layer=9).train()
+        d = Distiller.from_config(student, teacher, method, DistillConfig(teacher_runtime=rt),
+                                  at_layer=9).train()
         _logits, losses = d.forward_train(x, y)
         zt, ft = d.teacher_outputs(x)
         out[rt] = (zt, ft, {k: v.item() for k, v in losses.items()})

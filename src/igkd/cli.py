@@ -1,4 +1,5 @@
-"""The ``igkd`` command."""
+"""The ``igkd`` command: each verb one thin call of :mod:`igkd.api.commands` (the public face's door to
+the config-driven code), never of the floors below it."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> 
 
 
 def cmd_train_teacher(args) -> None:
+    from .api.commands import train_teacher
     from .distributed import is_main_process
-    from .pipeline import train_teacher
 
     summary = train_teacher(_config(args), args.out, resume=args.resume)
     if not is_main_process():  # torchrun's other ranks: rank 0 speaks for the run
@@ -50,7 +51,7 @@ def cmd_train_teacher(args) -> None:
 
 
 def cmd_precompute(args) -> None:
-    from .pipeline import precompute
+    from .api.commands import precompute
 
     extra = [f"ig.store={args.store}"] if args.store else []
     r = precompute(_config(args, extra), rank=args.rank, world_size=args.world_size)
@@ -60,8 +61,8 @@ def cmd_precompute(args) -> None:
 
 
 def cmd_distill(args) -> None:
+    from .api.commands import distill
     from .distributed import is_main_process
-    from .pipeline import distill
 
     extra = [f"distill.method={args.method}"] if args.method else []
     s = distill(_config(args, extra), args.out, resume=args.resume)
@@ -73,13 +74,13 @@ def cmd_distill(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .api.commands import run_demo
 
     run_demo(_config(args), args.out, methods=args.methods.split(","))
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_checkpoint, format_evaluation
+    from .api.commands import evaluate_checkpoint, format_evaluation
 
     r = evaluate_checkpoint(_config(args), args.checkpoint, input_convention=args.input_convention,
                             imagenet=args.imagenet, keep_teacher_correct=args.keep_teacher_correct,
@@ -90,8 +91,7 @@ def cmd_evaluate(args) -> None:
 
 
 def _study(args, kind: str, depths: list[int] | None) -> None:
-    from .experiments.report import write_report
-    from .experiments.study import StudyPlan, parse_contrasts, run_study
+    from .api.commands import StudyPlan, parse_contrasts, run_study, write_report
 
     cfg = _config(args)
     depths = depths or [cfg.student.remove_blocks]
@@ -109,15 +109,13 @@ def cmd_montecarlo(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .experiments.study import parse_depths
+    from .api.commands import parse_depths
 
     _study(args, "sweep", parse_depths(args.remove_blocks))
 
 
 def cmd_tune(args) -> None:
-    from .experiments.report import write_report
-    from .experiments.results import value_text
-    from .experiments.tune import SearchSpace, TunePlan, run_tune
+    from .api.commands import SearchSpace, TunePlan, run_tune, value_text, write_report
 
     cfg = _config(args)
     plan = TunePlan(args.method, SearchSpace.parse(args.space, cfg), sampler=args.sampler, trials=args.trials,
@@ -136,7 +134,7 @@ def cmd_tune(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .experiments.report import write_report
+    from .api.commands import write_report
 
     html, md = write_report(args.dir, margin=args.margin)
     print(f"report: {html} (open in a browser) and {md}")
@@ -154,7 +152,7 @@ def cmd_config(args) -> None:
 
 
 def cmd_compression_table(args) -> None:
-    from .evaluate import compression_table
+    from .api.commands import compression_table
 
     print(compression_table(_config(args)))
 
@@ -167,10 +165,14 @@ def _int_list(option: str, text: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args) -> None:
-    from .deploy.bench import BenchSettings, bench_from_config, write_bench
-    from .deploy.results import format_bench
-    from .deploy.timing import TimingOptions
-    from .experiments.study import parse_depths
+    from .api.commands import (
+        BenchSettings,
+        TimingOptions,
+        bench_from_config,
+        format_bench,
+        parse_depths,
+        write_bench,
+    )
 
     timing = TimingOptions(warmup=args.warmup, min_repeats=args.min_repeats, min_time_s=args.min_time)
     settings = BenchSettings(
@@ -188,7 +190,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .deploy.export import ExportSettings, export_checkpoint, format_export
+    from .api.commands import ExportSettings, export_checkpoint, format_export
 
     settings = ExportSettings(torchscript=args.torchscript, int8=args.int8,
                               calibration_images=args.calibration_images, json_out=args.json)

@@ -264,7 +264,7 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
     with _claim(run, cfg, tc, resume, device) as ctx, \
             RunTracker(run, cfg, active=ctx.is_main, role="teacher") as tracker:
         t0 = time.perf_counter()
-        history = fit(Distiller(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
+        history = fit(Distiller.from_config(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
                       resume=resume, progress=progress, desc="teacher", on_epoch_end=tracker.follow(on_epoch_end))
         return _finish(run, history, tracker, ctx=ctx, extra={
             "role": "teacher",
@@ -378,24 +378,16 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     at_layer, teacher_at_layer, at_pair = (at_layers(cfg, arch.kind, student, teacher, shape) if spec.at
                                            else (cfg.distill.at_layer, None, None))
     by_name = at_pair is not None and at_layer is None  # any architecture: modules by name, maps resized
-    distiller = Distiller(student, teacher if needs_teacher else None, method, cfg.distill, at_layer=at_layer,
-                          teacher_at_layer=teacher_at_layer,
-                          at_modules=(at_pair.student, at_pair.teacher) if by_name else None)
-    run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx, RunTracker(run, cfg, active=ctx.is_main) as tracker:
-        if maps is not None:
-            picks = ds.train.first_of_each_class(8)
-            x = ds.train.x[picks]
-            tracker.show_examples(x, maps[picks], example_overlays(x, maps[picks], cfg.augment.mix))
-        t0 = time.perf_counter()
-        history = fit(distiller, data, tc, cfg.augment, run, device,
-                      maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
-                      desc=method, on_epoch_end=tracker.follow(on_epoch_end))
+    distiller = Distiller.from_config(student, teacher if needs_teacher else None, method, cfg.distill,
+                                      at_layer=at_layer, teacher_at_layer=teacher_at_layer,
+                                      at_modules=(at_pair.student, at_pair.teacher) if by_name else None)
+
+    def extra(_history: list[dict]) -> dict:
         teacher_acc = None
         if teacher_hash is not None:
             teacher_acc = evaluate(teacher, ds.test.x.to(device), ds.test.y.to(device), ds.convention,
                                    tc.eval_batch_size)
-        return _finish(run, history, tracker, ctx=ctx, extra={
+        return {
             "role": "student",
             "method": method,
             "overlay_maps": cfg.augment.maps if uses_ig else None,
@@ -419,9 +411,34 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
             "at_layer": at_layer,
             "teacher_at_layer": at_layer if teacher_at_layer is None else teacher_at_layer,
             "at_pair": at_pair.to_dict() if at_pair is not None else None,
-            "wall_time_s": time.perf_counter() - t0,
-            "seed": tc.seed,
-        })
+        }
+
+    return run_fit(cfg, out, distiller, data, device, maps, resume=resume, progress=progress,
+                   on_epoch_end=on_epoch_end, extra=extra)
+
+
+def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingData, device: torch.device,
+            maps: torch.Tensor | None = None, *, resume: bool = False, progress: bool | None = None,
+            on_epoch_end=None, extra=None) -> dict:
+    """Train ``distiller`` on ``data`` into the run directory ``out`` with ``cfg``'s ``train`` and ``augment``
+    settings: claim the directory (config, environment), show the run (TensorBoard, MLflow), run the loop
+    (:func:`~igkd.distill.trainer.fit`), write the summary. ``igkd distill`` and ``igkd.fit`` both train
+    here, so the same seed and data give the same run through either door. ``extra(history)`` adds to the
+    summary (with ``wall_time_s`` and ``seed``)."""
+    tc = cfg.train
+    run = RunDir(out)
+    with _claim(run, cfg, tc, resume, device) as ctx, RunTracker(run, cfg, active=ctx.is_main) as tracker:
+        if maps is not None:
+            picks = data.train.first_of_each_class(8)
+            x = data.train.x[picks]
+            tracker.show_examples(x, maps[picks], example_overlays(x, maps[picks], cfg.augment.mix))
+        t0 = time.perf_counter()
+        history = fit(distiller, data, tc, cfg.augment, run, device,
+                      maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
+                      desc=distiller.method, on_epoch_end=tracker.follow(on_epoch_end))
+        more = extra(history) if extra is not None else {}
+        return _finish(run, history, tracker, ctx=ctx, extra={
+            **more, "wall_time_s": time.perf_counter() - t0, "seed": tc.seed})
 
 
 def at_layers(cfg: Config, kind: str, student: torch.nn.Module, teacher: torch.nn.Module,

@@ -47,8 +47,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, nan_
     run.path.mkdir()
     student = Poisoned(nan_from_call)
     with pytest.raises(NumericalError, match=rf"loss became nan .*at epoch {epoch}, step {step}; training stopped"):
-        fit(Distiller(student, None, "student", DistillConfig()), _data(), cfg, AugmentConfig(crop_padding=1),
-            run, torch.device("cpu"))
+        fit(Distiller.from_config(student, None, "student", DistillConfig()), _data(), cfg,
+            AugmentConfig(crop_padding=1), run, torch.device("cpu"))
     assert not run.file("model.pt").exists() and not run.complete
     if epoch == 1:
         assert not run.checkpoint.exists()

@@ -94,7 +94,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def who() -> dict[str, Any]:
     """Which process, on which host, with which versions: recorded with every write."""
-    from .. import __version__
+    from ..version import __version__
 
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
             "igkd": __version__, "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import METHODS, DistillConfig
 from ..errors import ConfigError
-from ..models.inference import OrtTeacher, inference_copy, onnxruntime_available
+from ..models.inference import TEACHER_RUNTIMES, OrtTeacher, inference_copy, onnxruntime_available
 from .losses import at_loss, ce_loss, kd_loss
 
 
@@ -45,30 +45,56 @@ class _Capture:
 
 
 class Distiller(nn.Module):
-    """Student plus (frozen, always-eval) teacher; ``forward_train`` returns logits and named losses.
+    """A student, its frozen teacher and the loss of a distillation method, as one ``nn.Module``.
 
-    Unless ``cfg.teacher_runtime`` is ``eager``, the teacher is an inference copy of the given one (batch
+    ``out = distiller(x, y)`` is a dict: ``loss`` (what to back-propagate), ``logits`` (the student's)
+    and each loss term already weighted (``ce``; ``kd`` with a KD method; ``at`` with attention
+    transfer), so ``loss == sum of the terms``. ``distiller(x)`` alone is the student's logits.
+
+    Args:
+        student: the network to train (``distiller.student``: what you wrap in DDP, optimise and export).
+        teacher: the trained network to learn from; None for ``student`` and ``ig`` (no teacher term).
+            It is frozen (eval mode whatever ``train()`` is called with, no gradients, so no optimiser
+            state) and not registered for DDP: pass ``distiller.student.parameters()`` to the optimiser.
+        method: ``student``, ``kd``, ``ig``, ``at``, ``kd_ig``, ``kd_at``, ``ig_at`` or ``kd_ig_at``. The
+            ``ig`` part is the overlay of the inputs (:class:`igkd.Overlay`, or ``maps`` in
+            :func:`igkd.fit`), not a loss term.
+        alpha: weight of the KD term; the cross-entropy gets ``1 - alpha`` (METHOD.md step 5).
+        temperature: the KD temperature T (the KD term is ``alpha * T**2 * KL``).
+        gamma: weight of the attention-transfer term.
+        teacher_runtime: how the teacher's forward runs (:meth:`teacher_outputs`): ``auto``, ``torch``,
+            ``onnxruntime`` or ``eager``; the same runtime ``igkd distill`` uses.
+        at_layer: attention transfer between ``features[at_layer]`` of both networks (igkd's
+            MobileNetV2 family), or ``features[teacher_at_layer]`` of the teacher when given.
+        teacher_at_layer: the teacher's AT module index when it differs from the student's.
+        at_modules: ``(student module name, teacher module name)`` for attention transfer between
+            networks of any architecture; the teacher's map is resized to the student's.
+
+    Unless ``teacher_runtime`` is ``eager``, the teacher is an inference copy of the given one (batch
     norm folded, channels-last: :func:`igkd.models.inference.inference_copy`), run by PyTorch or ONNX
-    Runtime (:meth:`teacher_outputs`); the given module is not changed.
-
-    The teacher sees exactly the batch the student sees: the same crop, flip and overlay. Attention
-    transfer compares the student's ``features[at_layer]`` with the teacher's ``features[at_layer]``,
-    or with ``features[teacher_at_layer]`` when given (a scaled student), its map resized to the student's.
-    Networks of any architecture name their modules instead: ``at_modules = (student module, teacher
-    module)``, the teacher's map resized to the student's when their sizes differ.
+    Runtime; the given module is not changed. The teacher sees exactly the batch the student sees:
+    the same crop, flip and overlay.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, method: str, cfg: DistillConfig,
-                 at_layer: int | None = None, teacher_at_layer: int | None = None,
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, method: str = "kd_ig", *,
+                 alpha: float = 0.01, temperature: float = 2.5, gamma: float = 0.8,
+                 teacher_runtime: str = "auto", at_layer: int | None = None, teacher_at_layer: int | None = None,
                  at_modules: tuple[str, str] | None = None):
         super().__init__()
         self.spec = MethodSpec.parse(method)
         if self.spec.needs_teacher and teacher is None:
             raise ValueError(f"method {method!r} needs a teacher")
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0 or gamma < 0:
+            raise ValueError(f"need 0 <= alpha <= 1, temperature > 0, gamma >= 0; got alpha={alpha}, "
+                             f"temperature={temperature}, gamma={gamma}")
+        if teacher_runtime not in TEACHER_RUNTIMES:
+            raise ValueError(f"teacher_runtime must be one of {', '.join(TEACHER_RUNTIMES)}, got {teacher_runtime!r}")
+        self.method = method
+        self.settings = {"alpha": alpha, "temperature": temperature, "gamma": gamma}  # as given (recorded by fit)
         self.student = student
         self.teacher = teacher if self.spec.needs_teacher else None
-        # The teacher only runs forward with fixed weights: distill.teacher_runtime says how (see teacher_outputs).
-        self.runtime = cfg.teacher_runtime
+        # The teacher only runs forward with fixed weights: teacher_runtime says how (see teacher_outputs).
+        self.runtime = teacher_runtime
         if self.teacher is not None and self.runtime != "eager":
             self.teacher = inference_copy(self.teacher)  # BN folded, channels-last; the caller's model untouched
         elif self.teacher is not None:
@@ -76,8 +102,8 @@ class Distiller(nn.Module):
                 p.requires_grad_(False)
         self._ort: OrtTeacher | None = None
         self._tap: str | None = None
-        self.cfg = cfg
-        self.alpha = cfg.alpha if self.spec.kd else 0.0
+        self.alpha = alpha if self.spec.kd else 0.0
+        self.temperature, self.gamma = temperature, gamma
         if self.spec.at:
             self._at_resize = at_modules is not None or teacher_at_layer is not None
             if at_modules is None:
@@ -89,27 +115,41 @@ class Distiller(nn.Module):
             self._t_feat = _Capture(self.teacher.get_submodule(at_modules[1]))
             self._tap = at_modules[1]
 
+    @classmethod
+    def from_config(cls, student: nn.Module, teacher: nn.Module | None, method: str, cfg: DistillConfig,
+                    at_layer: int | None = None, teacher_at_layer: int | None = None,
+                    at_modules: tuple[str, str] | None = None) -> Distiller:
+        """The distiller a config's ``distill`` section describes (how ``igkd distill`` builds it)."""
+        return cls(student, teacher, method, alpha=cfg.alpha, temperature=cfg.temperature, gamma=cfg.gamma,
+                   teacher_runtime=cfg.teacher_runtime, at_layer=at_layer, teacher_at_layer=teacher_at_layer,
+                   at_modules=at_modules)
+
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # whatever train() is called with
         return self
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        """The student's logits; with labels, :meth:`forward_train` (so DDP or torch.compile can wrap the
-        whole training forward, teacher and losses included, as one module call)."""
-        return self.student(x) if y is None else self.forward_train(x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``distiller(x, y)``: ``{"loss", "logits", and each weighted loss term}``; ``distiller(x)``: the
+        student's logits. One module call for the whole training forward (teacher and losses included),
+        so DDP or torch.compile can wrap it."""
+        if y is None:
+            return self.student(x)
+        logits, losses = self.forward_train(x, y)
+        return {"loss": sum(losses.values()), "logits": logits, **losses}
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Student and teacher forward on the same device in the same step, nothing read back to the host."""
+        """The student's logits and the weighted loss terms by name (mdistiller's shape). Student and teacher
+        forward on the same device in the same step, nothing read back to the host."""
         logits = self.student(x)
         losses = {"ce": (1.0 - self.alpha) * ce_loss(logits, y)}
         if self.teacher is not None:
             teacher_logits, teacher_feat = self.teacher_outputs(x)
             if self.spec.kd:
-                losses["kd"] = self.alpha * kd_loss(logits, teacher_logits, self.cfg.temperature)
+                losses["kd"] = self.alpha * kd_loss(logits, teacher_logits, self.temperature)
             if self.spec.at:
-                losses["at"] = self.cfg.gamma * at_loss(self._s_feat.value, teacher_feat, resize=self._at_resize)
+                losses["at"] = self.gamma * at_loss(self._s_feat.value, teacher_feat, resize=self._at_resize)
         return logits, losses
 
     def _use_ort(self, x: torch.Tensor) -> bool:

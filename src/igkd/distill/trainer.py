@@ -68,6 +68,11 @@ def load_batch(x_train: torch.Tensor, y_train: torch.Tensor, maps: torch.Tensor 
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x, y_train[pos]
 
 
+def loss_terms(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The named loss terms of a :class:`Distiller`'s output (everything but ``loss`` and ``logits``)."""
+    return {k: v for k, v in out.items() if k not in ("loss", "logits")}
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -151,8 +156,8 @@ def fit(
                 x, y = load_batch(on_device.x_train, on_device.y_train, maps, plan.order[i + lo:i + hi],
                                   plan.draws.rows(i + lo, i + hi), data.convention, aug.mix, cfg.channels_last)
                 with autocast():
-                    logits, losses = step_module(x, y)
-                loss = sum(losses.values())
+                    out = step_module(x, y)  # {"loss", "logits", each loss term}
+                loss, logits, losses = out["loss"], out["logits"], loss_terms(out)
                 guard.check(loss, losses, step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(_share_of_global_mean(loss, hi - lo, n, ctx)).backward()
@@ -522,5 +527,5 @@ def summarize(history: list[dict]) -> dict:
     return out
 
 
-__all__ = ["AMP_MODES", "TrainingData", "best_epoch", "evaluate", "fit", "load_batch", "make_optimizer", "summarize",
+__all__ = ["AMP_MODES", "TrainingData", "best_epoch", "evaluate", "fit", "load_batch", "loss_terms", "make_optimizer", "summarize",
            "training_environment"]

@@ -1,0 +1,113 @@
+"""The user's map-style ``Dataset`` of ``(image, label)`` as igkd's in-memory data.
+
+Images are pixels: ``uint8`` tensors, float tensors in [0, 1] that hold 8-bit values (what
+``v2.ToImage()`` + ``v2.ToDtype(torch.float32, scale=True)`` give), or PIL images; ``(C, H, W)``.
+What a network sees is ``(pixels - mean) / std`` with the ``normalize`` a function is given, so one
+input convention holds for the store, the overlay and every network (METHOD.md defects 3 and 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..convention import InputConvention
+from ..data.image_dataset import ImageDataset
+from ..distill.trainer import TrainingData
+from ..errors import DataError
+
+Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+def pixels_uint8(image, where: str) -> torch.Tensor:
+    """One image as a ``uint8 (C, H, W)`` tensor; a float image must hold 8-bit values in [0, 1]."""
+    if not isinstance(image, torch.Tensor):
+        from torchvision.transforms.v2 import functional as TF
+
+        image = TF.pil_to_tensor(image) if hasattr(image, "getbands") else torch.as_tensor(image)
+    image = image.as_subclass(torch.Tensor)
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3:
+        raise DataError(f"{where}: an image must be (C, H, W), got shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image
+    if not image.is_floating_point():
+        raise DataError(f"{where}: images must be uint8 or float in [0, 1], got {image.dtype}")
+    scaled = image.double() * 255.0
+    q = scaled.round()
+    if bool((q < 0).any() or (q > 255).any() or ((scaled - q).abs() > 1e-3).any()):
+        raise DataError(f"{where}: float images must hold 8-bit pixel values in [0, 1] (v2.ToDtype(torch.float32, "
+                        "scale=True) of uint8 images); give the images before Normalize or resizing")
+    return q.to(torch.uint8)
+
+
+def image_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
+    """Every ``(image, label)`` of ``dataset``, in order, as one in-memory uint8 :class:`ImageDataset`
+    (position ``i`` is ``dataset[i]``). Classes: ``dataset.classes`` when it has them."""
+    if isinstance(dataset, ImageDataset):
+        return dataset
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise DataError(f"{name}: a map-style Dataset (with __len__ and __getitem__) is needed") from None
+    xs, ys = [], []
+    for i in range(n):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DataError(f"{name}[{i}] must be (image, label), got {type(item).__name__}"
+                            f"{' of ' + str(len(item)) if isinstance(item, (tuple, list)) else ''}")
+        xs.append(pixels_uint8(item[0], f"{name}[{i}]"))
+        ys.append(int(item[1]))
+    if not xs:
+        raise DataError(f"{name} is empty")
+    shapes = {tuple(x.shape) for x in xs}
+    if len(shapes) > 1:
+        raise DataError(f"{name}: images of several shapes ({', '.join(map(str, sorted(shapes)[:3]))}); "
+                        "resize them to one (v2.Resize) first")
+    y = torch.tensor(ys, dtype=torch.int64)
+    if int(y.min()) < 0:
+        raise DataError(f"{name}: labels must be 0..K-1, got {int(y.min())}")
+    classes = list(getattr(dataset, "classes", None) or [str(c) for c in range(int(y.max()) + 1)])
+    return ImageDataset(name, torch.stack(xs), y, classes)
+
+
+def convention_of(normalize: Normalize | None, channels: int) -> InputConvention:
+    """``(mean, std)`` per channel as igkd's input convention; None: pixels in [0, 1] as they are."""
+    if normalize is None:
+        return InputConvention((0.0,) * channels, (1.0,) * channels)
+    mean, std = (tuple(float(v) for v in part) for part in normalize)
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise DataError(f"normalize must be (mean, std) with {channels} values each and std > 0, got {normalize}")
+    return InputConvention(mean, std)
+
+
+def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test: Dataset | None = None,
+                                normalize: Normalize | None = None) -> TrainingData:
+    """The user's datasets as the training loop's data: held in memory as uint8, the training images first,
+    then the validation images (their positions are ``val_pos``), the test set apart.
+
+    This is the one place where :func:`igkd.fit` turns map-style datasets into training data; a streamed
+    source (data read a batch at a time, issue 25) plugs in here. ``normalize``: the ``(mean, std)`` the
+    networks take (the teacher's, as it was trained); None feeds pixels in [0, 1] as they are.
+    """
+    tr = image_dataset_from(train, "train")
+    parts = [tr] + ([image_dataset_from(val, "val")] if val is not None else [])
+    shape = tr.image_shape
+    for p in parts[1:]:
+        if p.image_shape != shape:
+            raise DataError(f"{p.name} images are {p.image_shape}, train images {shape}: use one size")
+    num_classes = max(len(p.classes) for p in parts)
+    classes = max((p.classes for p in parts), key=len)
+    whole = ImageDataset("train", torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), classes)
+    te = image_dataset_from(test, "test") if test is not None else \
+        ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), classes)
+    if te.image_shape != shape:
+        raise DataError(f"test images are {te.image_shape}, train images {shape}: use one size")
+    if len(te) and int(te.y.max()) >= num_classes:
+        raise DataError(f"test labels reach {int(te.y.max())}, the training data has {num_classes} classes")
+    n_train = len(tr)
+    convention = convention_of(normalize, shape[0])
+    return TrainingData(whole, te, torch.arange(n_train), torch.arange(n_train, len(whole)), convention)

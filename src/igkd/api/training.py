@@ -1,0 +1,114 @@
+"""``igkd.fit``: igkd's training loop, run directory, checkpoints, resume and TensorBoard, on Python objects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..attribution import MapStore
+from ..config import config_from_dict
+from ..distill.methods import Distiller
+from ..errors import ConfigError, DataError, StaleStoreError
+from ..models import count_macs, count_parameters
+from ..pipeline import run_fit
+from ..utils import setup_device
+from .data import Normalize, training_data_from_datasets
+from .maps import WithMaps
+
+__all__ = ["Distiller", "fit"]
+
+
+def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train: int) -> torch.Tensor | None:
+    """The overlay's maps by training-set position: the training images' maps, zeros for the validation
+    images that follow them (never overlaid)."""
+    if maps is None:
+        return None
+    if isinstance(maps, MapStore):
+        recorded = maps.meta.get("fingerprint")
+        if recorded != data.train.subset(torch.arange(n_train)).fingerprint():
+            raise StaleStoreError(f"map store {maps.path} was made for other images than the training set given "
+                                  "to fit: compute it for this dataset (igkd.compute_maps)")
+        maps = maps.load_all()
+    maps = torch.as_tensor(maps)
+    h, w = data.train.image_shape[1:]
+    if tuple(maps.shape) != (n_train, h, w):
+        raise DataError(f"maps must be ({n_train}, {h}, {w}) for the training set, got {tuple(maps.shape)}")
+    rest = torch.zeros((len(data.train) - n_train, h, w), dtype=maps.dtype)
+    return torch.cat([maps, rest])
+
+
+def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: Dataset | None = None, *,
+        out: str | os.PathLike, epochs: int = 100, maps: MapStore | torch.Tensor | None = None,
+        normalize: Normalize | None = None, augment: Mapping[str, Any] | None = None, resume: bool = False,
+        progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
+        **options: Any) -> dict:
+    """Train ``distiller.student`` with igkd's loop; write the run directory ``out``; return its summary.
+
+    The loop is the one ``igkd distill`` runs: the data held as uint8 on the device, whole-batch crops,
+    flips and IG overlay drawn from the seed (image and map moved together), every loss term logged,
+    ``last.pt`` after each epoch (and every ``checkpoint_every`` steps), ``best.pt`` on the best validation
+    accuracy, ``model.pt`` at the end, ``metrics.jsonl``, ``summary.json`` and TensorBoard event files in
+    ``out``. The same seed, data and settings give the run ``igkd distill`` gives, bit for bit.
+
+    Args:
+        distiller: the :class:`Distiller` (student, teacher, method, loss weights).
+        train: a map-style ``Dataset`` of ``(image, label)``, images ``(C, H, W)`` pixels (uint8, or float in
+            [0, 1] holding 8-bit values), all one size; or a :class:`WithMaps` without a transform (its maps
+            are then the overlay's). igkd's loop augments it itself (``augment``).
+        val: validation images (chooses ``best.pt``; not augmented), or None.
+        test: test images, evaluated after every epoch (``test_eval="end"``: after the last), or None.
+        out: the run directory.
+        epochs: epochs to train.
+        maps: the overlay's maps of ``train`` (a :class:`MapStore` from :func:`igkd.compute_maps`, or
+            ``(N, H, W)``); needed by the ``ig`` methods.
+        normalize: the ``(mean, std)`` the networks take (the teacher's); None: pixels in [0, 1] as they are.
+        augment: keys of the config's ``augment`` section: ``crop_padding`` (4), ``flip`` (True),
+            ``overlay_p`` (0.1), ``power_range`` ([1, 2]), ``mix`` (0.5).
+        resume: continue the run in ``out`` from its last checkpoint (same settings only).
+        progress: show progress bars (None: when the output is a terminal).
+        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch.
+        **options: keys of the config's ``train`` section: ``batch_size`` (64), ``lr`` (1e-3), ``optimizer``
+            (``adam`` or ``sgd``), ``schedule`` (``constant`` or ``cosine``), ``weight_decay``, ``seed`` (0),
+            ``device`` (``auto``), ``threads``, ``amp``, ``channels_last``, ``compile``, ``checkpoint_every``,
+            ``eval_batch_size``, ``test_eval``, ... (README, "Configuration"). A bad key or value is a
+            :class:`~igkd.errors.ConfigError` that names it.
+
+    Returns:
+        The run's summary: ``test_acc_last``, ``val_acc_best`` and ``test_acc_at_best_val`` (with ``val``),
+        ``epochs``, ``train_time_s``, the student's and teacher's sizes, ``seed``.
+    """
+    if isinstance(train, WithMaps):
+        if train.transform is not None:
+            raise ConfigError("fit augments on its own (augment=...): give it WithMaps without a transform, "
+                              "or the dataset and maps=")
+        maps = train.maps if maps is None else maps
+        train = train.dataset
+    cfg = config_from_dict({
+        "train": {"epochs": epochs, **options},
+        "augment": dict(augment or {}),
+        "distill": {"method": distiller.method, "alpha": distiller.settings["alpha"],
+                    "temperature": distiller.settings["temperature"], "gamma": distiller.settings["gamma"],
+                    "teacher_runtime": distiller.runtime},
+    })
+    if distiller.spec.ig and maps is None:
+        raise ConfigError(f"method {distiller.method} overlays maps: pass maps=igkd.compute_maps(teacher, train, ...)")
+    data = training_data_from_datasets(train, val, test, normalize)
+    n_train = len(data.train_pos)
+    overlay = _train_maps(maps, data, n_train) if distiller.spec.ig else None
+    device = setup_device(cfg.train.device, cfg.train.threads, cfg.train.deterministic)
+    shape = data.train.image_shape
+    student = distiller.student
+
+    def extra(_history: list[dict]) -> dict:
+        info = {"role": "student", "method": distiller.method, "dataset": "python", "input_shape": list(shape),
+                "train_images": n_train, "val_images": len(data.val_pos), "test_images": len(data.test),
+                "params": count_parameters(student), "macs": count_macs(student, shape)}
+        return info
+
+    return run_fit(cfg, out, distiller, data, device, overlay, resume=resume, progress=progress,
+                   on_epoch_end=on_epoch_end, extra=extra)
