@@ -60,7 +60,7 @@ from .models import (
 )
 from .runs import RunDir, environment, load_weights
 from .tracking import RunTracker
-from .utils import derive_seed, setup_device
+from .utils import default_cache_dir, derive_seed, setup_device
 
 
 @dataclass
@@ -308,11 +308,6 @@ def store_path(cfg: Config, identity: StoreIdentity) -> Path:
         return Path(cfg.ig.store)
     root = Path(cfg.ig.cache_dir) if cfg.ig.cache_dir else default_cache_dir() / "ig"
     return root / identity.folder_name()
-
-
-def default_cache_dir() -> Path:
-    """Where igkd keeps what it can rebuild: ``$IGKD_CACHE``, else ``~/.cache/igkd``."""
-    return Path(os.environ.get("IGKD_CACHE", Path.home() / ".cache" / "igkd"))
 
 
 def ig_options(cfg: Config, device: torch.device) -> IGOptions:
