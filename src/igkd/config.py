@@ -25,6 +25,7 @@ from .attribution.identity import BASELINES
 from .attribution.ig import SUPPORTED_METHODS
 from .attribution.saliency import ATTRIBUTIONS
 from .attribution.store import DTYPES
+from .data.augment import plan_padding
 from .data.catalog import DATASETS, KNOWN_DATASETS, known_image_shape
 from .data.control_maps import MAP_SOURCES
 from .errors import ConfigError, warn_once
@@ -385,9 +386,9 @@ class Config(BaseModel):
                 del d[section][key]
         for section, key in PLACEMENT_KEYS:
             d[section].pop(key, None)
-        shape = known_image_shape(self.data.name, self.data.image_size)
-        if shape is not None and d["augment"].get("crop_padding_for") == min(shape[1:]):
-            del d["augment"]["crop_padding_for"]  # written for these very images: it changes nothing
+        shape, a = known_image_shape(self.data.name, self.data.image_size), self.augment
+        if shape is not None and plan_padding(a.crop_padding, a.crop_padding_for, shape[1:]) == a.crop_padding:
+            d["augment"].pop("crop_padding_for", None)  # it changes nothing on these images
         return d
 
     def digest(self, *sections: str) -> str:

@@ -44,14 +44,14 @@ CHUNK_BYTES = 64 << 20  # a chunk's decoded images: what a build holds in memory
 
 @dataclass
 class CacheSource:
-    """What a cache is built from: ``read(start, stop)`` gives images ``start..stop-1`` as uint8 (B, C, H, W)."""
+    """What a cache is built from. ``layout()``, called only to build it, gives the images' shape
+    (N, C, H, W) and ``read(start, stop)``: images ``start..stop-1`` as uint8 (B, C, H, W)."""
 
     name: str
-    key: dict  # what identifies the source's contents (files, sizes, times, resize): a new key, a new cache
-    shape: tuple[int, int, int, int]
+    key: dict  # what identifies the source's contents (a digest of files, sizes, times; resize): a new key, a new cache
     labels: np.ndarray
     classes: list[str]
-    read: Callable[[int, int], np.ndarray]
+    layout: Callable[[], tuple[tuple[int, int, int, int], Callable[[int, int], np.ndarray]]]
 
     def digest(self) -> str:
         return hashlib.sha256(repr(sorted(self.key.items())).encode()).hexdigest()
@@ -97,15 +97,16 @@ def _complete(folder: Path, source: CacheSource) -> bool:
 
 
 def _build(folder: Path, source: CacheSource, progress: bool | None) -> None:
-    n = source.shape[0]
-    row = int(np.prod(source.shape[1:]))
+    shape, read = source.layout()
+    n = shape[0]
+    row = int(np.prod(shape[1:]))
     chunk = max(1, CHUNK_BYTES // max(row, 1))
     images, done = folder / "images.npy", ensure_dir(folder / "done")
     meta = _meta(folder)
     if meta is None:  # a fresh build: the (sparse) images file, the labels, then the metadata that names them
         tmp = folder / f".images.npy.{uuid.uuid4().hex[:8]}.tmp"
         with guarded_write(images):
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=source.shape).flush()
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
             os.replace(tmp, images)
             tmp = folder / f".labels.npy.{uuid.uuid4().hex[:8]}.tmp"
             with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
@@ -115,7 +116,7 @@ def _build(folder: Path, source: CacheSource, progress: bool | None) -> None:
             os.replace(tmp, folder / "labels.npy")
         fsync_dir(folder)
         meta = {"format": FORMAT, "version": VERSION, "key": source.digest(), "source": source.key,
-                "name": source.name, "shape": list(source.shape), "classes": list(source.classes),
+                "name": source.name, "shape": list(shape), "classes": list(source.classes),
                 "chunk_size": chunk, "complete": False}
         write_json(folder / "meta.json", meta, indent=1)
     chunk = meta["chunk_size"]
@@ -126,10 +127,10 @@ def _build(folder: Path, source: CacheSource, progress: bool | None) -> None:
         try:
             for c in progress_bar(todo, desc=f"caching {source.name}", unit="chunk", enabled=progress, leave=False):
                 s, e = c * chunk, min(n, (c + 1) * chunk)
-                part = np.ascontiguousarray(source.read(s, e), dtype=np.uint8)
-                if part.shape != (e - s, *source.shape[1:]):
+                part = np.ascontiguousarray(read(s, e), dtype=np.uint8)
+                if part.shape != (e - s, *shape[1:]):
                     raise DataError(f"{source.name}: images {s}..{e - 1} decode to {part.shape}, expected "
-                                    f"{(e - s, *source.shape[1:])}")
+                                    f"{(e - s, *shape[1:])}")
                 view, at = memoryview(part.reshape(-1)), offset + s * row
                 while len(view):
                     written = os.pwrite(fd, view, at)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -93,10 +94,18 @@ def _memory_source(name: str, split: str, root: Path | None, download: bool, hw:
     files = {"cifar10": lambda: [], "fashion_mnist": lambda: list(_find_fashion_files(
         [root] if root is not None else [*_default_dirs("fashion_mnist"), _FASHION_SYSTEM_DIR], split) or []),
         "npz": lambda: [root]}[name]()
-    key = {"dataset": name, "split": split, "resize": hw, "files": _stat_key(files) if files else None,
+    key = {"dataset": name, "split": split, "resize": hw, "files": _stat_digest(files) if files else None,
            "fingerprint": ds.fingerprint() if not files else None}
-    return CacheSource(name, key, tuple(ds.x.shape), ds.y.numpy(), ds.classes,
-                       lambda s, e: ds.x[s:e].numpy())
+    return CacheSource(name, key, ds.y.numpy(), ds.classes, lambda: (tuple(ds.x.shape), lambda s, e: ds.x[s:e].numpy()))
+
+
+def _stat_digest(paths: Sequence[Path]) -> str:
+    """A digest of :func:`_stat_key` (paths, modification times, sizes), without holding it for every file."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    return h.hexdigest()
 
 
 def resize_images(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
@@ -518,34 +527,38 @@ def _pixels(im, mode: str, resize: tuple[int, int] | None) -> np.ndarray:
 def _folder_source(split: str, root: Path | None, resize: tuple[int, int] | None):
     """The cache source of an image folder: decoded chunk by chunk, as :func:`_read_images` decodes it whole.
 
-    The mode (grey-scale when every image is, else RGB) and the size are read from the files' headers
-    first (PIL reads no pixels for that), so the cache's shape is known before its first chunk."""
+    Only to build the cache, the mode (grey-scale when every image is, else RGB) and the size are read from
+    the files' headers first (PIL reads no pixels for that), so its shape is known before its first chunk;
+    a built cache is found by the listing's digest alone."""
     from PIL import Image
 
     from .cache import CacheSource
 
     files, labels, classes = _folder_listing(split, root)
-    modes, size = set(), None
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                modes.add(im.mode)
-                if size is None:
-                    size = im.size
-                elif im.size != size and resize is None:
-                    _open_image(f, size, resize)  # the error of the in-memory load
-        except OSError:
-            _open_image(f, size, resize)  # unreadable: its own error line
-    mode = "L" if modes == {"L"} else "RGB"
-    h, w = resize if resize is not None else size[::-1]
 
-    def read(s: int, e: int) -> np.ndarray:
-        stack = np.stack([_pixels(_open_image(f, size, resize), mode, resize) for f in files[s:e]])
-        return stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
+    def layout():
+        modes, size = set(), None
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    modes.add(im.mode)
+                    if size is None:
+                        size = im.size
+                    elif im.size != size and resize is None:
+                        _open_image(f, size, resize)  # the error of the in-memory load
+            except OSError:
+                _open_image(f, size, resize)  # unreadable: its own error line
+        mode = "L" if modes == {"L"} else "RGB"
+        h, w = resize if resize is not None else size[::-1]
 
-    key = {"dataset": "image_folder", "split": split, "resize": resize, "files": _stat_key(files)}
-    return CacheSource("image_folder", key, (len(files), 1 if mode == "L" else 3, h, w),
-                       np.asarray(labels, dtype=np.int64), classes, read)
+        def read(s: int, e: int) -> np.ndarray:
+            stack = np.stack([_pixels(_open_image(f, size, resize), mode, resize) for f in files[s:e]])
+            return stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
+
+        return (len(files), 1 if mode == "L" else 3, h, w), read
+
+    key = {"dataset": "image_folder", "split": split, "resize": resize, "files": _stat_digest(files)}
+    return CacheSource("image_folder", key, np.asarray(labels, dtype=np.int64), classes, layout)
 
 
 @functools.lru_cache(maxsize=4)
