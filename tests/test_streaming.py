@@ -200,3 +200,16 @@ def test_a_presets_mobilenet_keys_step_aside_for_the_users_own_teacher(tmp_path,
     with pytest.raises(ConfigError, match=r"bad value for teacher.width_mult: 0.35"):
         load_config(own, ["teacher.arch=resnet18"])
     assert load_config(preset).teacher.width_mult == 0.35  # the preset as shipped
+
+
+def test_the_imagenet_evaluation_set_streams_from_its_cache(tmp_path):
+    from igkd.data.imagenet import load_imagenet_cifar10
+
+    from .test_imagenet import make_folder
+
+    make_folder(tmp_path / "val")
+    in_memory = load_imagenet_cifar10(tmp_path, image_size=4)
+    streamed = load_imagenet_cifar10(tmp_path, image_size=4, streaming=True, cache_root=tmp_path / "c")
+    assert streamed.on_disk and torch.equal(streamed.x[:], in_memory.x)
+    assert torch.equal(streamed.index, in_memory.index) and torch.equal(streamed.y, in_memory.y)
+    assert streamed.fingerprint() == in_memory.fingerprint()
