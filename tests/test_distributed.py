@@ -110,7 +110,7 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     with distributed.session(torch.device("cpu")) as ctx:
         assert ctx.world_size == world_size and ctx.backend == "gloo"
         history, weights = _train(tmp_path / "ddp", checkpoint_every=2)
-        streamed_history, streamed = _train(tmp_path / "ddp-streamed", streamed=True)
+        streamed_history, streamed = _train(tmp_path / "ddp-streamed", checkpoint_every=2, streamed=True)
         # A crash of every rank at the 5th metric reduction: epoch 2, before its step-4 checkpoint.
         original, calls = trainer._sum_over_ranks, []
 
