@@ -25,6 +25,7 @@ from igkd import distributed
 from igkd.config import AugmentConfig, DistillConfig, TrainConfig
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
+from igkd.data.sources import DatasetRows
 from igkd.distill import trainer
 from igkd.distill.methods import Distiller
 from igkd.distill.trainer import TrainingData, fit
@@ -173,11 +174,15 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_bitwise(t
 
 def test_a_run_streamed_from_disk_is_the_in_memory_run_bit_for_bit(tmp_path):
     """Images, maps and the test set read from .npy files a batch at a time (by a prefetch thread, or by a
-    DataLoader worker process), against everything in memory: the same seed, the same run (a one-convolution
-    student with the IG overlay, so the data path, not the network, is what is timed)."""
+    DataLoader worker process), or from a map-style Dataset, against everything in memory: the same seed,
+    the same run (a one-convolution student with the IG overlay, so the data path is what is exercised)."""
     def run(name: str, streamed: bool = False, workers: int = 0):
         _distiller, data, maps = _setup(method="student")
-        if streamed:
+        if name == "dataset":  # a user's map-style Dataset of (image, label) pairs, read image by image
+            train, test = (ImageDataset("toy", DatasetRows(torch.utils.data.TensorDataset(d.x, d.y)), d.y, d.classes)
+                           for d in (data.train, data.test))
+            data = TrainingData(train, test, data.train_pos, data.val_pos, data.convention)
+        elif streamed:
             data, maps = _on_disk(data, maps, tmp_path / name / "data")
         distiller = _tiny("ig")  # the student alone, with the IG overlay
         source = trainer.batch_source(data, maps, torch.device("cpu"), workers=workers) if streamed else None
@@ -190,7 +195,7 @@ def test_a_run_streamed_from_disk_is_the_in_memory_run_bit_for_bit(tmp_path):
         return _strip(history), distiller.student.state_dict()
 
     history, weights = run("memory")
-    for name, workers in (("thread", 0), ("worker", 1)):
+    for name, workers in (("thread", 0), ("worker", 1), ("dataset", 0)):
         streamed_history, streamed = run(name, streamed=True, workers=workers)
         assert streamed_history == history, name
         assert all(torch.equal(streamed[k], weights[k]) for k in weights), name

@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..fileio import NpyRows
-
 
 @dataclass
 class ImageDataset:
     """uint8 images (N, C, H, W), int64 labels (N,), and each sample's index for life.
 
-    ``x`` is a tensor in memory, or :class:`~igkd.fileio.NpyRows` (a decoded cache on disk, read by
-    position: ``x[pos]`` and ``x[a:b]`` read just those images), so the same code serves both.
+    ``x`` is a tensor in memory, or images read by position (:class:`~igkd.fileio.NpyRows`: a decoded
+    cache on disk; :class:`~igkd.data.sources.DatasetRows`: a user's Dataset): ``x[pos]`` and ``x[a:b]``
+    read just those images, so the same code serves both.
 
     ``index[i]`` is the sample's position in the file it came from; it survives subsetting, so a
     map store or a log can always name the original image. Stores are addressed by *position* in the
@@ -62,8 +61,9 @@ class ImageDataset:
 
     @property
     def on_disk(self) -> bool:
-        """Whether the images are read from disk a batch at a time (else one tensor in memory)."""
-        return isinstance(self.x, NpyRows)
+        """Whether the images are read a batch at a time (a cache on disk, a user's dataset), else one tensor
+        in memory."""
+        return not isinstance(self.x, torch.Tensor)
 
     def subset(self, positions: torch.Tensor) -> ImageDataset:
         positions = torch.as_tensor(positions, dtype=torch.int64)

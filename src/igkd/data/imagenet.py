@@ -33,7 +33,13 @@ import torch
 
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
-from igkd.data.loaders import _IMAGE_SUFFIXES, _NumpyOnlyUnpickler, _one_line, _stat_digest, _stat_key
+from igkd.data.loaders import (
+    _IMAGE_SUFFIXES,
+    _NumpyOnlyUnpickler,
+    _one_line,
+    _stat_digest,
+    _stat_key,
+)
 from igkd.errors import ConfigError, DatasetNotFoundError
 from igkd.utils import default_cache_dir
 

@@ -173,6 +173,59 @@ def _pinned(batch: Batch) -> Batch:
     return Batch(batch.x.pin_memory(), batch.y.pin_memory(), None if batch.maps is None else batch.maps.pin_memory())
 
 
+class DatasetRows:
+    """The images of a user's map-style ``Dataset`` (``dataset[i]`` gives an image, or an (image, label, ...)
+    tuple), read by position like :class:`~igkd.fileio.NpyRows`: an uint8 (N, C, H, W) array that is never
+    held whole. An image may be a uint8 tensor or array (C, H, W) or (H, W), or a PIL image; ``image_of``
+    picks it out of an item (default: the item, or its first element). With ``StreamedSource(workers=N)``
+    the reads run in N processes, for datasets that decode or transform as they are read."""
+
+    def __init__(self, dataset: Any, image_of: Any = None, rows: np.ndarray | None = None):
+        self.dataset, self.image_of = dataset, image_of
+        self.rows = rows
+        first = self._image(0 if rows is None else int(rows[0])) if len(self) else None
+        self._chw = tuple(first.shape) if first is not None else (0, 0, 0)
+
+    def _image(self, i: int) -> torch.Tensor:
+        item = self.dataset[i]
+        image = self.image_of(item) if self.image_of else item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(image, (torch.Tensor, np.ndarray)):  # PIL: HWC or HW
+            image = np.asarray(image)
+            image = image.transpose(2, 0, 1) if image.ndim == 3 else image
+        t = torch.as_tensor(image)
+        if t.dtype != torch.uint8:
+            raise TypeError(f"dataset item {i}: images must be uint8, got {t.dtype} (convert them, or give "
+                            "uint8 tensors)")
+        return t[None] if t.dim() == 2 else t
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self._chw))
+
+    dtype = torch.uint8
+
+    def dim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.rows is None else len(self.rows)
+
+    def subset(self, positions: Any) -> DatasetRows:
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        return DatasetRows(self.dataset, self.image_of, positions if self.rows is None else self.rows[positions])
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, slice):
+            key = np.arange(len(self))[key]
+        elif isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        positions = np.asarray(key, dtype=np.int64).reshape(-1)
+        rows = positions if self.rows is None else self.rows[positions]
+        if not len(rows):
+            return torch.empty((0, *self._chw), dtype=torch.uint8)
+        return torch.stack([self._image(int(i)) for i in rows])
+
+
 def eval_batches(x: Any, y: torch.Tensor, lo: int, hi: int, batch_size: int,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Positions ``lo..hi-1`` in batches on ``device``: slices of a tensor, or read ahead from disk."""
