@@ -122,6 +122,8 @@ def _build(folder: Path, source: CacheSource, progress: bool | None) -> None:
     chunk = meta["chunk_size"]
     offset = int(np.load(images, mmap_mode="r").offset)
     todo = [c for c in range(-(-n // chunk)) if not (done / f"{c:06d}.json").exists()]
+    print(f"{source.name}: decoding {n:,} images into the cache {folder} (once; {len(todo)} of "
+          f"{-(-n // chunk)} chunks to go)", flush=True)
     with guarded_write(images):
         fd = os.open(images, os.O_RDWR)
         try:

@@ -6,6 +6,7 @@ import copy
 import functools
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,10 +166,11 @@ def fit(
         partial = None
         guard.begin(epoch, tally.steps)
         batches = plan.batches(after=tally.steps)
-        feed = source.batches(plan.order, [plan.part(i, ctx) for i in batches])  # this rank's part, read ahead
-        with progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
-                          enabled=progress if ctx.is_main else False, initial=tally.steps,
-                          total=tally.steps + len(batches)) as bar:
+        # this rank's part of each batch, read ahead (a streamed source stops reading when the epoch ends)
+        with closing(source.batches(plan.order, [plan.part(i, ctx) for i in batches])) as feed, \
+                progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                             enabled=progress if ctx.is_main else False, initial=tally.steps,
+                             total=tally.steps + len(batches)) as bar:
             for step, i in enumerate(bar, start=tally.steps + 1):
                 batch = next(feed)
                 if batch is None:  # too small to train on
