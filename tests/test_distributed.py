@@ -178,10 +178,11 @@ def test_a_run_streamed_from_disk_is_the_in_memory_run_bit_for_bit(tmp_path):
     the same run (a one-convolution student with the IG overlay, so the data path is what is exercised)."""
     def run(name: str, streamed: bool = False, workers: int = 0):
         _distiller, data, maps = _setup(method="student")
-        if name == "dataset":  # a user's map-style Dataset of (image, label) pairs, read image by image
+        if name == "dataset":  # a user's map-style Datasets of (image, label) pairs and of maps, read one by one
             train, test = (ImageDataset("toy", DatasetRows(torch.utils.data.TensorDataset(d.x, d.y)), d.y, d.classes)
                            for d in (data.train, data.test))
             data = TrainingData(train, test, data.train_pos, data.val_pos, data.convention)
+            maps = DatasetRows(torch.utils.data.TensorDataset(maps), dtype=torch.float32)  # and a Dataset of maps
         elif streamed:
             data, maps = _on_disk(data, maps, tmp_path / name / "data")
         distiller = _tiny("ig")  # the student alone, with the IG overlay

@@ -178,10 +178,12 @@ class DatasetRows:
     tuple), read by position like :class:`~igkd.fileio.NpyRows`: an uint8 (N, C, H, W) array that is never
     held whole. An image may be a uint8 tensor or array (C, H, W) or (H, W), or a PIL image; ``image_of``
     picks it out of an item (default: the item, or its first element). With ``StreamedSource(workers=N)``
-    the reads run in N processes, for datasets that decode or transform as they are read."""
+    the reads run in N processes, for datasets that decode or transform as they are read. The same reads
+    a Dataset of maps, (H, W) each, with ``dtype`` their floating dtype."""
 
-    def __init__(self, dataset: Any, image_of: Any = None, rows: np.ndarray | None = None):
-        self.dataset, self.image_of = dataset, image_of
+    def __init__(self, dataset: Any, image_of: Any = None, rows: np.ndarray | None = None,
+                 dtype: torch.dtype = torch.uint8):
+        self.dataset, self.image_of, self.dtype = dataset, image_of, dtype
         self.rows = rows
         first = self._image(0 if rows is None else int(rows[0])) if len(self) else None
         self._chw = tuple(first.shape) if first is not None else (0, 0, 0)
@@ -193,26 +195,25 @@ class DatasetRows:
             image = np.asarray(image)
             image = image.transpose(2, 0, 1) if image.ndim == 3 else image
         t = torch.as_tensor(image)
-        if t.dtype != torch.uint8:
-            raise TypeError(f"dataset item {i}: images must be uint8, got {t.dtype} (convert them, or give "
-                            "uint8 tensors)")
-        return t[None] if t.dim() == 2 else t
+        if t.dtype != self.dtype:
+            raise TypeError(f"dataset item {i}: expected {self.dtype}, got {t.dtype} (convert them as the "
+                            "dataset reads them)")
+        return t[None] if t.dim() == 2 and self.dtype == torch.uint8 else t
 
     @property
     def shape(self) -> torch.Size:
         return torch.Size((len(self), *self._chw))
 
-    dtype = torch.uint8
-
     def dim(self) -> int:
-        return 4
+        return 1 + len(self._chw)
 
     def __len__(self) -> int:
         return len(self.dataset) if self.rows is None else len(self.rows)
 
     def subset(self, positions: Any) -> DatasetRows:
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        return DatasetRows(self.dataset, self.image_of, positions if self.rows is None else self.rows[positions])
+        return DatasetRows(self.dataset, self.image_of, positions if self.rows is None else self.rows[positions],
+                           self.dtype)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         if isinstance(key, slice):
@@ -222,7 +223,7 @@ class DatasetRows:
         positions = np.asarray(key, dtype=np.int64).reshape(-1)
         rows = positions if self.rows is None else self.rows[positions]
         if not len(rows):
-            return torch.empty((0, *self._chw), dtype=torch.uint8)
+            return torch.empty((0, *self._chw), dtype=self.dtype)
         return torch.stack([self._image(int(i)) for i in rows])
 
 
