@@ -14,7 +14,7 @@ from igkd import errors, pipeline
 from igkd.attribution import MapStore
 from igkd.cli import resolve_config_path
 from igkd.config import load_config
-from igkd.data import cache, load_dataset
+from igkd.data import cache, compute_convention, load_dataset
 from igkd.data.augment import augment_batch, draw_batches, plan_padding
 from igkd.errors import ConfigError, DataError, IgkdWarning
 from igkd.fileio import NpyRows, read_run_metrics
@@ -41,6 +41,9 @@ def test_the_cache_of_an_image_folder_is_the_in_memory_load_and_is_built_once(tm
     folder = next((tmp_path / "c" / "images").iterdir())
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["complete"] and meta["fingerprint"] == in_memory.fingerprint()
+    # the mean and std of a cached split are computed once and kept beside it, the numbers of the in-memory load
+    assert compute_convention(streamed) == compute_convention(in_memory) == compute_convention(streamed)
+    assert json.loads((folder / "convention.json").read_text())["fingerprint"] == in_memory.fingerprint()
     stamp = (folder / "images.npy").stat().st_mtime_ns
     again = load_dataset("image_folder", "train", root=root, streaming=True, cache_root=tmp_path / "c")
     assert (folder / "images.npy").stat().st_mtime_ns == stamp and again.fingerprint() == in_memory.fingerprint()

@@ -25,6 +25,7 @@ from igkd.convention import InputConvention
 from igkd.data.catalog import FASHION_MNIST, KNOWN_DATASETS, image_size_hw
 from igkd.data.image_dataset import ImageDataset
 from igkd.errors import ConfigError, DataError, DatasetNotFoundError
+from igkd.fileio import NpyRows, read_json, write_json
 from igkd.utils import default_cache_dir
 
 SPLITS = ("train", "test")
@@ -123,9 +124,16 @@ def resize_images(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> 
 def compute_convention(ds: ImageDataset, source: str | Path | None = None) -> InputConvention:
     """Per-channel mean/std of pixel values in [0, 1], for datasets without published constants.
 
-    Compute it on the training split and record it; the test split must reuse the training numbers.
+    Compute it on the training split and record it; the test split must reuse the training numbers. Of a
+    whole split read from its cache it is computed once and kept beside the cache (``convention.json``,
+    checked against the split's fingerprint).
     """
     where = f"dataset {ds.name!r}" + (f" ({source})" if source else "")
+    sidecar = ds.x.path.with_name("convention.json") if isinstance(ds.x, NpyRows) and ds.x.rows is None else None
+    if sidecar is not None and sidecar.is_file():  # a whole cached split: computed once, not at every run
+        saved = read_json(sidecar)
+        if saved.get("fingerprint") == ds.fingerprint():
+            return InputConvention(tuple(saved["mean"]), tuple(saved["std"]))
     if len(ds) == 0:
         raise DataError(f"{where} has no training images: cannot compute its mean and std")
     channels = ds.x.shape[1]
@@ -142,6 +150,8 @@ def compute_convention(ds: ImageDataset, source: str | Path | None = None) -> In
         channels = torch.nonzero(std == 0).flatten().tolist()
         raise DataError(f"{where}: channel(s) {channels} hold one value in every training image; cannot "
                         "normalise by a std of 0")
+    if sidecar is not None:
+        write_json(sidecar, {"fingerprint": ds.fingerprint(), "mean": mean.tolist(), "std": std.tolist()})
     return InputConvention(tuple(mean.tolist()), tuple(std.tolist()))
 
 
