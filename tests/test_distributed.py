@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,10 +25,12 @@ from igkd import distributed
 from igkd.config import AugmentConfig, DistillConfig, TrainConfig
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
+from igkd.data.sources import DatasetRows
 from igkd.distill import trainer
 from igkd.distill.methods import Distiller
 from igkd.distill.trainer import TrainingData, fit
 from igkd.errors import ConfigError
+from igkd.fileio import NpyRows
 from igkd.models import cifar_mobilenet_v2, truncated_student
 from igkd.runs import RunDir, load_state_dict
 
@@ -71,13 +74,27 @@ def _setup(method: str = "kd_ig_at", n_train: int = 84, student_bn: bool = False
     return distiller, data, maps
 
 
-def _train(out: Path, resume: bool = False, on_epoch_end=None, **train) -> tuple[list[dict], dict]:
+def _on_disk(data: TrainingData, maps: torch.Tensor, folder: Path) -> tuple[TrainingData, NpyRows]:
+    """The same data written to .npy files and read back from disk a batch at a time (as a cache is)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, t in (("train", data.train.x), ("test", data.test.x), ("maps", maps)):
+        np.save(folder / f"{name}.npy", t.numpy())
+    train, test = (ImageDataset("toy", NpyRows(folder / f"{s}.npy"), d.y, d.classes) for s, d in
+                   (("train", data.train), ("test", data.test)))
+    return TrainingData(train, test, data.train_pos, data.val_pos, data.convention), NpyRows(folder / "maps.npy")
+
+
+def _train(out: Path, resume: bool = False, on_epoch_end=None, streamed: bool = False, workers: int = 0,
+           **train) -> tuple[list[dict], dict]:
     distiller, data, maps = _setup()
+    if streamed:  # images and maps read from disk a batch at a time, ahead of the loop
+        data, maps = _on_disk(data, maps, out / "data")
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 15, "device": "cpu", "lr": 3e-3, **train})
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
+    source = trainer.batch_source(data, maps, torch.device("cpu"), workers=workers) if workers else None
     history = fit(distiller, data, cfg, AugmentConfig(crop_padding=2, overlay_p=0.5), run, torch.device("cpu"),
-                  maps=maps, resume=resume, on_epoch_end=on_epoch_end, progress=False)
+                  maps=maps, resume=resume, on_epoch_end=on_epoch_end, progress=False, source=source)
     return history, {k: v.clone() for k, v in distiller.student.state_dict().items()}
 
 
@@ -94,6 +111,7 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     with distributed.session(torch.device("cpu")) as ctx:
         assert ctx.world_size == world_size and ctx.backend == "gloo"
         history, weights = _train(tmp_path / "ddp", checkpoint_every=2)
+        streamed_history, streamed = _train(tmp_path / "ddp-streamed", checkpoint_every=2, streamed=True)
         # A crash of every rank at the 5th metric reduction: epoch 2, before its step-4 checkpoint.
         original, calls = trainer._sum_over_ranks, []
 
@@ -112,7 +130,8 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
         partial = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["partial"]
         resumed_history, resumed = _train(tmp_path / "cut", resume=True, checkpoint_every=2)
         torch.save({"history": history, "weights": weights, "resumed_history": resumed_history,
-                    "resumed": resumed, "partial_steps": partial and partial["steps"]},
+                    "resumed": resumed, "partial_steps": partial and partial["steps"],
+                    "streamed_history": streamed_history, "streamed": streamed},
                    tmp_path / f"rank{rank}.pt")
 
 
@@ -147,6 +166,40 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_bitwise(t
     assert all(torch.equal(saved[k], ranks[0]["weights"][k]) for k in single)
     metrics = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert _strip(metrics) == _strip(ranks[0]["history"])
+    # Each rank reading its part of every global batch from disk trains the very same run, bit for bit.
+    for r in ranks:
+        assert _strip(r["streamed_history"]) == _strip(r["history"])
+        assert all(torch.equal(r["streamed"][k], r["weights"][k]) for k in single)
+
+
+def test_a_run_streamed_from_disk_is_the_in_memory_run_bit_for_bit(tmp_path):
+    """Images, maps and the test set read from .npy files a batch at a time (by a prefetch thread, or by a
+    DataLoader worker process), or from a map-style Dataset, against everything in memory: the same seed,
+    the same run (a one-convolution student with the IG overlay, so the data path is what is exercised)."""
+    def run(name: str, streamed: bool = False, workers: int = 0):
+        _distiller, data, maps = _setup(method="student")
+        if name == "dataset":  # a user's map-style Datasets of (image, label) pairs and of maps, read one by one
+            train, test = (ImageDataset("toy", DatasetRows(torch.utils.data.TensorDataset(d.x, d.y)), d.y, d.classes)
+                           for d in (data.train, data.test))
+            data = TrainingData(train, test, data.train_pos, data.val_pos, data.convention)
+            maps = DatasetRows(torch.utils.data.TensorDataset(maps), dtype=torch.float32)  # and a Dataset of maps
+        elif streamed:
+            data, maps = _on_disk(data, maps, tmp_path / name / "data")
+        distiller = _tiny("ig")  # the student alone, with the IG overlay
+        source = trainer.batch_source(data, maps, torch.device("cpu"), workers=workers) if streamed else None
+        assert source is None or source.streamed
+        run_dir = RunDir(tmp_path / name)
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        history = fit(distiller, data, TrainConfig(epochs=2, batch_size=15, device="cpu", checkpoint_every=0),
+                      AugmentConfig(crop_padding=2, overlay_p=0.5), run_dir, torch.device("cpu"), maps=maps,
+                      progress=False, source=source)
+        return _strip(history), distiller.student.state_dict()
+
+    history, weights = run("memory")
+    for name, workers in (("thread", 0), ("worker", 1), ("dataset", 0)):
+        streamed_history, streamed = run(name, streamed=True, workers=workers)
+        assert streamed_history == history, name
+        assert all(torch.equal(streamed[k], weights[k]) for k in weights), name
 
 
 @pytest.mark.slow
@@ -172,12 +225,12 @@ def test_torchrun_launches_the_cli_with_rank_zero_writing(tmp_path):
     assert summary["epochs"] == 1 and 0.0 <= summary["test_acc_last"] <= 100.0
 
 
-def _tiny() -> Distiller:
+def _tiny(method: str = "student") -> Distiller:
     """A student of one convolution and no teacher: options whose CPU kernels are slow to set up."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(4, 4))
-    return Distiller.from_config(net, None, "student", DistillConfig())
+    return Distiller.from_config(net, None, method, DistillConfig())
 
 
 def _fit_once(tmp_path: Path, name: str, distiller: Distiller, data, maps=None, resume=False, **options):
@@ -223,7 +276,7 @@ def test_the_masked_overlay_of_accelerators_equals_the_indexed_one():
 
     g = torch.Generator().manual_seed(3)
     images, maps = torch.rand(24, 3, 10, 10, generator=g), torch.rand(24, 10, 10, generator=g)
-    draws = draw_batches([16, 8], 10, 10, 2, True, g, 0.4, (1.0, 2.0), torch.Generator().manual_seed(4))
+    draws = draw_batches([16, 8], 10, 10, 2, True, g, 0.4, (1.0, 2.0), torch.Generator().manual_seed(4)).rows(0, 24)
     cropped = draws.crop_flip.apply(images)
     indexed = _apply_overlay(cropped, maps, draws.overlay, 0.5, draws.crop_flip, masked=False)
     masked = _apply_overlay(cropped, maps, draws.overlay, 0.5, draws.crop_flip, masked=True)

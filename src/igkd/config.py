@@ -8,6 +8,7 @@ Schema (``igkd config --schema``). An unknown key or a bad value is a :class:`Co
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import types
@@ -24,9 +25,10 @@ from .attribution.identity import BASELINES
 from .attribution.ig import SUPPORTED_METHODS
 from .attribution.saliency import ATTRIBUTIONS
 from .attribution.store import DTYPES
+from .data.augment import plan_padding
 from .data.catalog import DATASETS, KNOWN_DATASETS, known_image_shape
 from .data.control_maps import MAP_SOURCES
-from .errors import ConfigError
+from .errors import ConfigError, warn_once
 from .models import (
     ARCH_HELP,
     NUM_FEATURE_MODULES,
@@ -84,7 +86,10 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 # Keys added after run identities were first pinned (tests/test_config.py): part of a run's identity only
 # when set away from their defaults (Config.identity).
 LATER_KEYS = (("ig", "teacher_weights"), ("ig", "random_teacher_seed"), ("train", "test_eval"),
-              ("teacher_train", "test_eval"))
+              ("teacher_train", "test_eval"), ("data", "streaming"), ("augment", "crop_padding_for"))
+# Keys that say where a run's data lives, not what it computes (the same seed gives the same run either way):
+# never part of its identity.
+PLACEMENT_KEYS = (("data", "streaming"),)
 Strides = Annotated[list[Literal[1, 2]], Field(min_length=5, max_length=5)]
 Side = Annotated[int, Field(ge=1, le=8192)]
 ModuleName = Annotated[str, Field(min_length=1)]
@@ -105,6 +110,11 @@ class DataConfig(BaseModel):
     image_size: Annotated[Side | Annotated[list[Side], Field(min_length=1, max_length=2)] | None,
                           Allowed("a side, or [height, width], each in 1..8192, or null")] = Field(
         None, description="resize every image to this side or [H, W] on load; null = as stored")
+    streaming: Annotated[Literal["auto"] | bool, Allowed("auto, true or false")] = Field(
+        "auto", description="true: read the images (and IG maps) from disk a batch at a time, from a decoded "
+        "cache built on first use; false: hold them in memory (and on the device); auto: stream when they "
+        "would fill more than half the free memory (a printed line says so). The same seed gives the same "
+        "run either way")
 
 
 class TeacherConfig(BaseModel):
@@ -229,7 +239,11 @@ class IGConfig(BaseModel):
 
 class AugmentConfig(BaseModel):
     model_config = _STRICT
-    crop_padding: Annotated[int, Field(ge=0)] = 4
+    crop_padding: Annotated[Annotated[int, Field(ge=0)] | Literal["auto"], Allowed("an integer >= 0, or auto")] = Field(
+        4, description="random-crop zero padding in pixels; auto: one eighth of the image's smaller side")
+    crop_padding_for: Annotated[Side | None, Allowed("a side in 1..8192, or null")] = Field(
+        None, description="the image side crop_padding was written for (set by the presets); on images of "
+        "another size it is scaled to theirs (a printed line says so); null: any size")
     flip: bool = True
     overlay_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     power_range: Annotated[list[float], Field(min_length=2, max_length=2),
@@ -364,11 +378,17 @@ class Config(BaseModel):
     def identity(self) -> dict:
         """What makes a run: every section but ``track`` (where it is shown, not what it computes). Keys
         added since runs were first keyed (:data:`LATER_KEYS`) count only when set away from their default,
-        so a run, study or cache made before they existed keeps its identity."""
+        so a run, study or cache made before they existed keeps its identity; where the data lives
+        (:data:`PLACEMENT_KEYS`) never counts."""
         d = {k: v for k, v in self.to_dict().items() if k != "track"}
         for section, key in LATER_KEYS:
             if d[section][key] == type(getattr(self, section)).model_fields[key].default:
                 del d[section][key]
+        for section, key in PLACEMENT_KEYS:
+            d[section].pop(key, None)
+        shape, a = known_image_shape(self.data.name, self.data.image_size), self.augment
+        if shape is not None and plan_padding(a.crop_padding, a.crop_padding_for, shape[1:]) == a.crop_padding:
+            d["augment"].pop("crop_padding_for", None)  # it changes nothing on these images
         return d
 
     def digest(self, *sections: str) -> str:
@@ -510,9 +530,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+FAMILY_KEYS = ("width_mult", "strides", "strides_for", "dropout")  # teacher keys that shape cifar_mobilenet_v2 only
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file, then ``key=value`` overrides, then validation."""
+    """Defaults, then the YAML file, then ``key=value`` overrides, then validation.
+
+    A preset's (a file shipped with igkd) teacher keys that shape cifar_mobilenet_v2 only step aside, with
+    one printed line, when the overrides name another ``teacher.arch``; the same keys set by the user
+    (in the overrides, or in a file of their own) are still refused."""
     data: dict = {}
+    user: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -522,13 +551,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         _merge(data, loaded)
+        if path.resolve().parent != PRESET_DIR:
+            _merge(user, copy.deepcopy(loaded))
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
         _merge(data, nested)
+        _merge(user, copy.deepcopy(nested))
+    _preset_family_keys_step_aside(data, user)
     return config_from_dict(data)
+
+
+def _preset_family_keys_step_aside(data: dict, user: dict) -> None:
+    """Drop the preset's cifar_mobilenet_v2-only teacher keys when the user names another architecture."""
+    teacher, own = data.get("teacher"), user.get("teacher")
+    if not isinstance(teacher, dict) or not isinstance(own, dict) or not isinstance(own.get("arch"), str):
+        return
+    if is_family(own["arch"]) or model_name_problem(own["arch"]) is not None:
+        return  # the family keeps its keys; a bad name is refused as such
+    aside = [k for k in FAMILY_KEYS if k in teacher and k not in own]
+    for k in aside:
+        del teacher[k]
+    if aside:
+        warn_once(f"teacher.arch={own['arch']}: the preset's {', '.join(f'teacher.{k}' for k in aside)} shape "
+                  "cifar_mobilenet_v2 only and are left out")
 
 
 def dump_config(cfg: Config) -> str:

@@ -182,7 +182,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: s
         if cfg.data.name != "cifar10":
             raise ConfigError("the ImageNet subset is labelled by CIFAR-10 class: use a cifar10 config")
         size = known_image_shape(cfg.data.name, cfg.data.image_size)[1]  # the size the model was trained on
-        test: ImageDataset = load_imagenet_cifar10(imagenet, image_size=size)
+        test: ImageDataset = load_imagenet_cifar10(imagenet, image_size=size, streaming=cfg.data.streaming is True)
         trained = info.convention
         num_classes, in_channels = info.num_classes, info.image_shape[0]
         shown = f"ImageNet classes mapped onto CIFAR-10 ({imagenet})"

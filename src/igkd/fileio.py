@@ -236,3 +236,128 @@ def read_run_metrics(run_dir: str | Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CorruptFileError(f"{path} is unreadable; resuming the run rewrites it") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows of a .npy file read by position: the data path of a dataset larger than memory.
+
+
+class NpyRows:
+    """An (N, ...) array in a ``.npy`` file, read a batch of rows at a time, as a tensor.
+
+    Reads are ``preadv`` into a fresh buffer (one call per row, one per run of consecutive rows), not a
+    memory map: a mapped page stays in the process's resident memory once touched, and the kernel maps
+    a whole large folio of the page cache (up to 2 MB) for a touched row, so a batch of 512 rows of a
+    memory-mapped file puts up to 1 GB into the process. A read leaves the bytes in the page cache only
+    (shared, reclaimable), so resident memory stays flat however large the file. Indexing (an int, a
+    slice, positions) gives a ``torch.Tensor``, so code written for an in-memory tensor (``x[pos]``,
+    ``x[a:b]``, ``x.shape``) reads from disk unchanged. ``rows`` maps positions to rows of the file (a
+    subset). Pickles without its file handle, so DataLoader workers open the file again.
+    """
+
+    def __init__(self, path: str | Path, rows: Any = None):
+        import numpy as np
+
+        self.path = Path(path)
+        try:  # the header only: the map is dropped before a page of it is touched
+            mapped = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:
+            raise CorruptFileError(f"{self.path} is not a readable .npy file ({type(e).__name__}); rebuild it") from None
+        if not mapped.flags.c_contiguous:
+            raise CorruptFileError(f"{self.path} holds a Fortran-ordered array; rewrite it in C order")
+        self.file_shape, self.np_dtype, self.offset = tuple(mapped.shape), mapped.dtype, int(mapped.offset)
+        del mapped
+        self.row_bytes = self.np_dtype.itemsize * int(np.prod(self.file_shape[1:], dtype=np.int64))
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._fd: int | None = None
+
+    @property
+    def shape(self):
+        import torch
+
+        return torch.Size((len(self), *self.file_shape[1:]))
+
+    @property
+    def dtype(self):
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.empty(0, self.np_dtype)).dtype
+
+    def dim(self) -> int:
+        return len(self.file_shape)
+
+    def __len__(self) -> int:
+        return self.file_shape[0] if self.rows is None else len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def subset(self, positions: Any) -> NpyRows:
+        """The rows at ``positions`` (of this view), as a view of the same file."""
+        import numpy as np
+
+        out = NpyRows.__new__(NpyRows)
+        out.__dict__.update(self.__getstate__())
+        out.rows = self._file_rows(np.asarray(positions, dtype=np.int64).reshape(-1))
+        return out
+
+    def _file_rows(self, positions):
+        import numpy as np
+
+        n = len(self)
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise IndexError(f"positions must be in [0, {n}), got min {positions.min()} max {positions.max()}")
+        positions = np.where(positions < 0, positions + n, positions)
+        return positions if self.rows is None else self.rows[positions]
+
+    def __getitem__(self, key: Any):
+        import numpy as np
+        import torch
+
+        if isinstance(key, (int, np.integer)):
+            return self.read(np.array([int(key)]))[0]
+        if isinstance(key, slice):
+            return self.read(np.arange(len(self))[key])
+        if isinstance(key, torch.Tensor):
+            key = key.detach().cpu().numpy()
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        return self.read(key.astype(np.int64).reshape(-1))
+
+    def read(self, positions: Any):
+        """The rows at ``positions`` as a tensor."""
+        import numpy as np
+        import torch
+
+        rows = self._file_rows(np.asarray(positions, dtype=np.int64).reshape(-1))
+        out = np.empty((len(rows), *self.file_shape[1:]), self.np_dtype)
+        if not len(rows):
+            return torch.from_numpy(out)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all()):
+            self._read_into(memoryview(flat.reshape(-1)), int(rows[0]))  # one run (a slice): one read
+        else:
+            for i, r in enumerate(rows.tolist()):  # the hot loop: a system call per row, nothing else
+                if os.preadv(self._fd, [flat[i]], self.offset + r * self.row_bytes) != self.row_bytes:
+                    self._read_into(memoryview(flat[i]), r)  # short read (rare): finish it, or say why not
+        return torch.from_numpy(out)
+
+    def _read_into(self, view: memoryview, row: int) -> None:
+        offset = self.offset + row * self.row_bytes
+        while len(view):
+            got = os.preadv(self._fd, [view], offset)
+            if got <= 0:
+                raise CorruptFileError(f"{self.path} ends before row {row}: truncated; rebuild it")
+            view, offset = view[got:], offset + got
+
+    def to(self, device: Any):
+        """All rows in memory (on ``device``): what code that needs the whole array gets."""
+        return self[:].to(device)

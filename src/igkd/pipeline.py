@@ -22,7 +22,7 @@ from .attribution import (
     default_gradcam_layer,
     precompute_ig,
 )
-from .config import Config, TrainConfig
+from .config import AugmentConfig, Config, TrainConfig
 from .convention import InputConvention
 from .data import (
     DATASETS,
@@ -32,13 +32,14 @@ from .data import (
     stratified_split,
     stratified_subset,
 )
-from .data.augment import example_overlays
+from .data.augment import example_overlays, plan_padding
 from .data.catalog import known_image_shape
-from .data.control_maps import control_maps
+from .data.control_maps import control_maps, derangement
 from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize, training_environment
 from .errors import CheckpointError, ConfigError, DataError, StaleStoreError, warn_once
+from .fileio import NpyRows
 from .models import (
     STAGE_STARTS,
     at_layer_for,
@@ -60,7 +61,7 @@ from .models import (
 )
 from .runs import RunDir, environment, load_weights
 from .tracking import RunTracker
-from .utils import derive_seed, setup_device
+from .utils import default_cache_dir, derive_seed, setup_device
 
 
 @dataclass
@@ -70,16 +71,80 @@ class Datasets:
     convention: InputConvention
 
     @property
+    def streaming(self) -> bool:
+        """Whether the images are read from disk a batch at a time (``data.streaming``)."""
+        return self.train.on_disk
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(number of classes, input channels): what a model for this data must take and give."""
         return self.train.num_classes, self.train.image_shape[0]
 
 
-def load_datasets(cfg: Config) -> Datasets:
-    """The configured training and test sets (subsets when sizes are set) and their input convention."""
+def streams(cfg: Config, device: torch.device | None = None) -> bool:
+    """``data.streaming``; ``auto`` streams when the decoded training and test images (and float16 maps)
+    would fill more than half the free memory, or of the free memory of ``device`` (a GPU), where the
+    in-memory path holds them; a printed line says so."""
     d = cfg.data
-    train = load_dataset(d.name, "train", root=d.root, download=d.download, image_size=d.image_size)
-    test = load_dataset(d.name, "test", root=d.root, download=d.download, image_size=d.image_size)
+    if d.streaming != "auto":
+        return bool(d.streaming)
+    need = _decoded_bytes(cfg)
+    free = {"memory": _available_memory()}
+    if device is not None and device.type == "cuda":
+        free[str(device)] = torch.cuda.mem_get_info(device)[0]
+    full = [where for where, have in free.items() if have is not None and need > have / 2]
+    if full:
+        warn_once(f"data.streaming=auto: the data is {need / 2**30:.1f} GiB decoded, more than half the free "
+                  f"{' and '.join(full)}: streaming it from disk a batch at a time (set data.streaming=false to "
+                  "hold it in memory)")
+    return bool(full)
+
+
+def _decoded_bytes(cfg: Config) -> int:
+    """Bytes of the decoded training and test images, and float16 maps: an estimate from the number of
+    files and the first one's size for an image folder (the formats of the others are small archives)."""
+    d = cfg.data
+    if d.name != "image_folder" or d.root is None:
+        return 0  # read whole from their files by their loaders anyway
+    root = Path(d.root).expanduser()
+    files = [os.path.join(dirpath, f) for split in ("train", "test") for dirpath, _dirs, names
+             in os.walk(root / split) for f in names if not f.startswith(".")]
+    if not files:
+        return 0
+    shape = known_image_shape(d.name, d.image_size)
+    if shape is None:
+        from PIL import Image
+
+        try:
+            with Image.open(files[0]) as im:
+                c, (w, h) = len(im.getbands()), im.size
+        except OSError:
+            return 0  # the loader says what is wrong with it
+        hw = d.image_size if d.image_size is not None else (h, w)
+        hw = (hw, hw) if isinstance(hw, int) else hw
+        shape = (3 if c > 1 else 1, *hw[-2:])
+    return len(files) * (shape[0] + 2) * shape[1] * shape[2]  # uint8 pixels and a float16 map each
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_datasets(cfg: Config, streaming: bool | None = None, progress: bool | None = None) -> Datasets:
+    """The configured training and test sets (subsets when sizes are set) and their input convention; read
+    from disk a batch at a time (from a decoded cache built on first use) when ``streaming`` (by default
+    :func:`streams`)."""
+    d = cfg.data
+    streaming = streams(cfg) if streaming is None else streaming
+    train, test = (load_dataset(d.name, split, root=d.root, download=d.download, image_size=d.image_size,
+                                streaming=streaming, progress=progress) for split in ("train", "test"))
     if train.image_shape != test.image_shape:
         shape = " x ".join(map(str, train.image_shape)), " x ".join(map(str, test.image_shape))
         raise DataError(f"dataset {d.name} ({d.root or 'default location'}): training images are {shape[0]} "
@@ -130,6 +195,20 @@ def teacher_strides(cfg: Config, size: tuple[int, int] | None) -> list[int] | st
                   f"(teacher.strides_for), these are {size[0]}x{size[1]}: using teacher.strides=auto "
                   f"({list(resolve_strides(plan, size))}) instead")
     return plan
+
+
+def augment_for(cfg: Config, size: tuple[int, int]) -> AugmentConfig:
+    """``augment`` for images of ``size`` (H, W): a crop padding written for another side
+    (``augment.crop_padding_for``, set by the presets) scaled to theirs, or ``auto`` (one eighth of the
+    smaller side) resolved, with a line saying so."""
+    a = cfg.augment
+    padding = plan_padding(a.crop_padding, a.crop_padding_for, size)
+    if a.crop_padding == "auto":
+        warn_once(f"augment.crop_padding=auto: {padding} pixels for {size[0]}x{size[1]} images")
+    elif padding != a.crop_padding:
+        warn_once(f"augment.crop_padding {a.crop_padding} was written for {a.crop_padding_for}x{a.crop_padding_for} "
+                  f"images (augment.crop_padding_for), these are {size[0]}x{size[1]}: using {padding} instead")
+    return a.model_copy(update={"crop_padding": padding, "crop_padding_for": None})
 
 
 def teacher_arch(cfg: Config, image_size=None) -> dict:
@@ -201,20 +280,20 @@ def map_teacher(cfg: Config, ds: Datasets, teacher: torch.nn.Module, teacher_has
     return random_teacher.to(device).eval(), state_dict_hash(random_teacher)
 
 
-def _prepare(cfg: Config, tc: TrainConfig) -> tuple[torch.device, Datasets, TrainingData]:
+def _prepare(cfg: Config, tc: TrainConfig, progress: bool | None = None) -> tuple[torch.device, Datasets, TrainingData]:
     """Device, threads and initialisation seed of a training run, then its data and split."""
     device = setup_device(tc.device, tc.threads, tc.deterministic)
     torch.manual_seed(derive_seed(tc.seed, "init"))
-    ds = load_datasets(cfg)
+    ds = load_datasets(cfg, streams(cfg, device), progress)
     return device, ds, training_data(ds, cfg.data.val_fraction, tc.seed, tc.subset_fraction)
 
 
 @contextmanager
-def _claim(run: RunDir, cfg: Config, tc: TrainConfig, resume: bool,
-           device: torch.device) -> Iterator[distributed.DistContext]:
+def _claim(run: RunDir, cfg: Config, tc: TrainConfig, resume: bool, device: torch.device,
+           streaming: bool = False) -> Iterator[distributed.DistContext]:
     """Join torchrun's processes when launched by it, then hold the run directory (rank 0) for the block."""
     with distributed.session(device) as ctx:
-        env = {**environment(device, tc.seed), **training_environment(tc, ctx, device)}
+        env = {**environment(device, tc.seed), **training_environment(tc, ctx, device, streaming)}
         with distributed.main_only(ctx, lambda: run.claim(cfg, resume, env)):
             yield ctx
 
@@ -258,13 +337,14 @@ def train_teacher(cfg: Config, out: str | Path, resume: bool = False, progress: 
                   on_epoch_end=None) -> dict:
     """Train the teacher architecture with cross-entropy (``teacher_train`` settings, no overlay)."""
     tc = cfg.teacher_train
-    device, ds, data = _prepare(cfg, tc)
+    device, ds, data = _prepare(cfg, tc, progress)
     teacher = build_teacher(cfg, *ds.shape, ds.train.image_shape[1:])
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx, \
+    with _claim(run, cfg, tc, resume, device, ds.streaming) as ctx, \
             RunTracker(run, cfg, active=ctx.is_main, role="teacher") as tracker:
         t0 = time.perf_counter()
-        history = fit(Distiller.from_config(teacher, None, "student", cfg.distill), data, tc, cfg.augment, run, device,
+        history = fit(Distiller.from_config(teacher, None, "student", cfg.distill), data, tc,
+                      augment_for(cfg, ds.train.image_shape[1:]), run, device,
                       resume=resume, progress=progress, desc="teacher", on_epoch_end=tracker.follow(on_epoch_end))
         return _finish(run, history, tracker, ctx=ctx, extra={
             "role": "teacher",
@@ -310,11 +390,6 @@ def store_path(cfg: Config, identity: StoreIdentity) -> Path:
     return root / identity.folder_name()
 
 
-def default_cache_dir() -> Path:
-    """Where igkd keeps what it can rebuild: ``$IGKD_CACHE``, else ``~/.cache/igkd``."""
-    return Path(os.environ.get("IGKD_CACHE", Path.home() / ".cache" / "igkd"))
-
-
 def ig_options(cfg: Config, device: torch.device) -> IGOptions:
     ig = cfg.ig
     return IGOptions(dtype=ig.dtype, chunk_size=ig.chunk_size, batch_size=ig.batch_size, fold_bn=ig.fold_bn,
@@ -326,7 +401,7 @@ def precompute(cfg: Config, rank: int | None = None, world_size: int | None = No
     """Write (or finish) the map store (``ig.attribution``; IG by default) of the configured training set
     and teacher."""
     device = setup_device(cfg.train.device, cfg.train.threads)
-    ds = load_datasets(cfg)
+    ds = load_datasets(cfg, streams(cfg, device), progress)  # read a chunk at a time: never held whole when streamed
     teacher, teacher_hash = map_teacher(cfg, ds, *load_teacher(cfg, *ds.shape, device, ds.train.image_shape[1:]))
     identity = store_identity(cfg, ds, teacher_hash, teacher)
     return precompute_ig(teacher, ds.train, store_path(cfg, identity), identity, ig_options(cfg, device),
@@ -342,16 +417,22 @@ def open_store(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.M
     return MapStore.open(path, expect=identity)
 
 
-def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module) -> torch.Tensor:
+def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module) -> torch.Tensor | NpyRows:
     """The maps the overlay uses (``augment.maps``): the store's (of ``ig.attribution``, by the network
-    ``ig.teacher_weights`` names), or a control's (another image's, noise)."""
+    ``ig.teacher_weights`` names), or a control's (another image's, noise). Streamed data has its maps read
+    from the store by position too (noise maps, made here, are held in memory)."""
     source = cfg.augment.maps
     maps = None
+    seed = derive_seed(cfg.train.seed, "control maps", source)
     if source != "noise":
         map_net, map_hash = map_teacher(cfg, ds, teacher, teacher_hash)
-        maps = open_store(cfg, ds, map_hash, map_net).load_all()
+        store = open_store(cfg, ds, map_hash, map_net)
+        if ds.streaming:
+            rows = store.rows()
+            return rows.subset(derangement(len(rows), seed)) if source == "unrelated" else rows
+        maps = store.load_all()
     n, (_c, h, w) = len(ds.train), ds.train.image_shape
-    return control_maps(source, maps, (n, h, w), derive_seed(cfg.train.seed, "control maps", source))
+    return control_maps(source, maps, (n, h, w), seed)
 
 
 def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
@@ -359,7 +440,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     """Train the configured student (truncated or scaled) by ``distill.method``; write the run directory;
     return its summary."""
     tc = cfg.train
-    device, ds, data = _prepare(cfg, tc)
+    device, ds, data = _prepare(cfg, tc, progress)
     method = cfg.distill.method
     spec = MethodSpec.parse(method)
     needs_teacher, uses_ig = spec.needs_teacher, spec.ig
@@ -385,8 +466,7 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
     def extra(_history: list[dict]) -> dict:
         teacher_acc = None
         if teacher_hash is not None:
-            teacher_acc = evaluate(teacher, ds.test.x.to(device), ds.test.y.to(device), ds.convention,
-                                   tc.eval_batch_size)
+            teacher_acc = evaluate(teacher, ds.test.x, ds.test.y, ds.convention, tc.eval_batch_size)
         return {
             "role": "student",
             "method": method,
@@ -414,12 +494,12 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
         }
 
     return run_fit(cfg, out, distiller, data, device, maps, resume=resume, progress=progress,
-                   on_epoch_end=on_epoch_end, extra=extra)
+                   on_epoch_end=on_epoch_end, extra=extra, streaming=ds.streaming)
 
 
 def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingData, device: torch.device,
-            maps: torch.Tensor | None = None, *, resume: bool = False, progress: bool | None = None,
-            on_epoch_end=None, extra=None) -> dict:
+            maps: torch.Tensor | NpyRows | None = None, *, resume: bool = False, progress: bool | None = None,
+            on_epoch_end=None, extra=None, streaming: bool = False) -> dict:
     """Train ``distiller`` on ``data`` into the run directory ``out`` with ``cfg``'s ``train`` and ``augment``
     settings: claim the directory (config, environment), show the run (TensorBoard, MLflow), run the loop
     (:func:`~igkd.distill.trainer.fit`), write the summary. ``igkd distill`` and ``igkd.fit`` both train
@@ -427,15 +507,16 @@ def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingDa
     summary (with ``wall_time_s`` and ``seed``)."""
     tc = cfg.train
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device) as ctx, RunTracker(run, cfg, active=ctx.is_main) as tracker:
+    with _claim(run, cfg, tc, resume, device, streaming) as ctx, \
+            RunTracker(run, cfg, active=ctx.is_main) as tracker:
         if maps is not None:
             picks = data.train.first_of_each_class(8)
             x = data.train.x[picks]
             tracker.show_examples(x, maps[picks], example_overlays(x, maps[picks], cfg.augment.mix))
         t0 = time.perf_counter()
-        history = fit(distiller, data, tc, cfg.augment, run, device,
-                      maps=maps.to(device) if maps is not None else None, resume=resume, progress=progress,
-                      desc=distiller.method, on_epoch_end=tracker.follow(on_epoch_end))
+        history = fit(distiller, data, tc, augment_for(cfg, data.train.image_shape[1:]), run, device, maps=maps,
+                      resume=resume, progress=progress, desc=distiller.method,
+                      on_epoch_end=tracker.follow(on_epoch_end))
         more = extra(history) if extra is not None else {}
         return _finish(run, history, tracker, ctx=ctx, extra={
             **more, "wall_time_s": time.perf_counter() - t0, "seed": tc.seed})

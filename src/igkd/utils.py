@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
 
 AMP_MODES = ("none", "bf16", "fp16")  # autocast of the training and evaluation forward (train.amp)
+
+
+def default_cache_dir() -> Path:
+    """Where igkd keeps what it can rebuild (IG map stores, decoded image caches): ``$IGKD_CACHE``, else
+    ``~/.cache/igkd``."""
+    return Path(os.environ.get("IGKD_CACHE", Path.home() / ".cache" / "igkd"))
 
 
 def derive_seed(seed: int, *keys: object) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import NumericalError, StaleStoreError
-from ..fileio import atomic_write_bytes, ensure_dir, fsync_dir, guarded_write, write_json
+from ..fileio import NpyRows, atomic_write_bytes, ensure_dir, fsync_dir, guarded_write, write_json
 from .identity import FIX, StoreIdentity
 
 FORMAT = "igkd-map-store"
@@ -211,6 +211,23 @@ class MapStore:
             raise NumericalError(f"IG map store {self.path} holds non-finite values (maps of positions "
                                  f"{bad[:5].tolist()}...): delete it and {FIX}")
         return torch.from_numpy(maps)
+
+    def rows(self) -> NpyRows:
+        """The maps read from disk a batch at a time by position (what :meth:`load_all` holds whole, read in
+        chunks): checked against the recorded sha256 and for non-finite values first, a chunk at a time."""
+        rows = NpyRows(self.path / "maps.npy")
+        digest, step = hashlib.sha256(), max(1, (64 << 20) // max(1, rows.row_bytes))
+        for s in range(0, len(rows), step):
+            part = rows[s:s + step].numpy()
+            digest.update(part)
+            if not np.isfinite(part).all():
+                bad = s + np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))
+                raise NumericalError(f"IG map store {self.path} holds non-finite values (maps of positions "
+                                     f"{bad[:5].tolist()}...): delete it and {FIX}")
+        if digest.hexdigest() != self.meta.get("maps_sha256"):
+            raise StaleStoreError(f"IG map store {self.path}: maps.npy does not match the sha256 recorded "
+                                  f"when it was finalised (changed or corrupted on disk): delete it and {FIX}")
+        return rows
 
     def __repr__(self) -> str:
         return f"MapStore({str(self.path)!r}, shape={self.shape}, dtype={self.meta['dtype']})"

@@ -231,11 +231,53 @@ def augment_batch(
     return apply_draws(images01, maps, AugmentDraws(cf, draw), mix)
 
 
+def plan_padding(padding: int | str, written_for: int | None, hw: tuple[int, int]) -> int:
+    """The crop padding for images of ``hw`` (H, W): ``auto`` is one eighth of the smaller side; a padding
+    written for images of side ``written_for`` is scaled to this side (rounded, at least 1 if it was)."""
+    side = min(hw)
+    if padding == "auto":
+        return max(1, side // 8)
+    if written_for is None or written_for == side or padding == 0:
+        return int(padding)
+    return max(1, round(int(padding) * side / written_for))
+
+
+@dataclass
+class CropFlipPlan:
+    """Many images' crops and flips kept as three numbers each (first source row and column, flipped) and
+    expanded to a :class:`CropFlip` a batch at a time: an epoch's plan for N images of H x W costs
+    O(N), not the O(N (H + W)) of every pixel's source (1 GB for ImageNet at 224 x 224)."""
+
+    row0: torch.Tensor  # (N,) first source row in the padded image
+    col0: torch.Tensor  # (N,) source column of the first output column
+    flipped: torch.Tensor  # (N,) bool
+    h: int
+    w: int
+    padding: int
+
+    @classmethod
+    def of(cls, cf: CropFlip) -> CropFlipPlan:
+        flipped = cf.cols[:, 0] > cf.cols[:, -1] if cf.cols.shape[1] > 1 else torch.zeros(len(cf.cols), dtype=torch.bool)
+        return cls(cf.rows[:, 0].clone(), cf.cols[:, 0].clone(), flipped, cf.rows.shape[1], cf.cols.shape[1],
+                   cf.padding)
+
+    def select(self, idx: slice) -> CropFlip:
+        row0, col0, flipped = self.row0[idx], self.col0[idx], self.flipped[idx]
+        rows = row0[:, None] + torch.arange(self.h, device=row0.device)
+        steps = torch.arange(self.w, device=col0.device)
+        cols = torch.where(flipped[:, None], col0[:, None] - steps, col0[:, None] + steps)
+        return CropFlip(rows, cols, self.padding)
+
+    def to(self, device: torch.device | str) -> CropFlipPlan:
+        return CropFlipPlan(self.row0.to(device), self.col0.to(device), self.flipped.to(device), self.h, self.w,
+                            self.padding)
+
+
 @dataclass
 class AugmentDraws:
     """Random draws for a run of samples, one row per sample: crop and flip, and the overlay's choices."""
 
-    crop_flip: CropFlip | None
+    crop_flip: CropFlip | CropFlipPlan | None
     overlay: OverlayDraw | None
 
     def rows(self, start: int, stop: int) -> AugmentDraws:
@@ -246,7 +288,9 @@ class AugmentDraws:
 
     def to(self, device: torch.device | str) -> AugmentDraws:
         cf, ov = self.crop_flip, self.overlay
-        return AugmentDraws(None if cf is None else CropFlip(cf.rows.to(device), cf.cols.to(device), cf.padding),
+        if isinstance(cf, CropFlip):
+            cf = CropFlip(cf.rows.to(device), cf.cols.to(device), cf.padding)
+        return AugmentDraws(None if cf is None else cf.to(device) if isinstance(cf, CropFlipPlan) else cf,
                             None if ov is None else OverlayDraw(ov.chosen.to(device), ov.exponents.to(device)))
 
 
@@ -258,12 +302,13 @@ def draw_batches(batch_sizes: list[int], h: int, w: int, padding: int, flip: boo
     device once instead of every step, and a data-parallel rank can take its part of a batch's draws."""
     cfs, ovs = [], []
     for b in batch_sizes:
-        if padding or flip:
-            cfs.append(draw_crop_flip(b, h, w, padding, generator, flip, generator.device))
+        if padding or flip:  # drawn as augment_batch draws them, kept as three numbers per image
+            cfs.append(CropFlipPlan.of(draw_crop_flip(b, h, w, padding, generator, flip, generator.device)))
         if overlay_p > 0:
             ovs.append(draw_overlay(b, overlay_p, overlay_generator or generator, power_range,
                                     (overlay_generator or generator).device))
-    cf = CropFlip(torch.cat([c.rows for c in cfs]), torch.cat([c.cols for c in cfs]), padding) if cfs else None
+    cf = CropFlipPlan(torch.cat([c.row0 for c in cfs]), torch.cat([c.col0 for c in cfs]),
+                      torch.cat([c.flipped for c in cfs]), h, w, padding) if cfs else None
     ov = OverlayDraw(torch.cat([o.chosen for o in ovs]), torch.cat([o.exponents for o in ovs])) if ovs else None
     return AugmentDraws(cf, ov)
 
@@ -271,6 +316,8 @@ def draw_batches(batch_sizes: list[int], h: int, w: int, padding: int, flip: boo
 def apply_draws(images01: torch.Tensor, maps: torch.Tensor | None, draws: AugmentDraws,
                 mix: float = 0.5) -> torch.Tensor:
     """Crop and flip, then (with maps and overlay draws) the IG overlay, as :func:`augment_batch` does."""
+    if isinstance(draws.crop_flip, CropFlipPlan):
+        draws = AugmentDraws(draws.crop_flip.select(slice(None)), draws.overlay)
     out = draws.crop_flip.apply(images01) if draws.crop_flip is not None else images01
     if maps is None or draws.overlay is None:
         return out

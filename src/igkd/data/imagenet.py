@@ -33,8 +33,15 @@ import torch
 
 from igkd.convention import InputConvention
 from igkd.data.image_dataset import ImageDataset
-from igkd.data.loaders import _IMAGE_SUFFIXES, _NumpyOnlyUnpickler, _one_line, _stat_key
+from igkd.data.loaders import (
+    _IMAGE_SUFFIXES,
+    _NumpyOnlyUnpickler,
+    _one_line,
+    _stat_digest,
+    _stat_key,
+)
 from igkd.errors import ConfigError, DatasetNotFoundError
+from igkd.utils import default_cache_dir
 
 DATASET_NAME = "imagenet_cifar10"
 NUM_IMAGENET_CLASSES = 1000
@@ -58,6 +65,8 @@ def load_imagenet_cifar10(
     root: str | Path,
     mapping: str | Path | None = None,
     image_size: int = 32,
+    streaming: bool = False,
+    cache_root: str | Path | None = None,
 ) -> ImageDataset:
     """The ImageNet images of the classes mapped onto CIFAR-10, labelled by CIFAR-10 class index.
 
@@ -71,7 +80,9 @@ def load_imagenet_cifar10(
     Every image comes out as uint8 RGB ``image_size x image_size``. Images of another size are
     resized as a whole with PIL's bilinear filter after conversion to RGB (no crop: the aspect
     ratio is not kept, which is how the downsampled-ImageNet files were made); JPEGs are decoded
-    at a reduced scale first when they are much larger than ``image_size``.
+    at a reduced scale first when they are much larger than ``image_size``. With ``streaming`` the images
+    of a wnid folder are decoded once, chunk by chunk, into a cache (:mod:`igkd.data.cache`, under
+    ``cache_root``, by default ``$IGKD_CACHE/images``) and read from it a batch at a time.
     """
     if int(image_size) < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}")
@@ -113,9 +124,20 @@ def load_imagenet_cifar10(
                 f"{wnid_dir / next(iter(sorted(wnid_to_label)))}); point root at the ImageNet "
                 "validation folder, or check the mapping"
             )
-        x = _read_resized(tuple(str(f) for f in files), _stat_key(files), image_size)
         y = torch.tensor(labels, dtype=torch.int64)
         index = torch.tensor(positions, dtype=torch.int64)
+        if streaming:
+            from .cache import CacheSource, cache_folder, open_or_build
+
+            names = tuple(str(f) for f in files)
+            source = CacheSource(DATASET_NAME, {"files": _stat_digest(files), "size": image_size,
+                                                "mapping": sorted(wnid_to_label.items())}, y.numpy(), list(classes),
+                                 lambda: ((len(names), 3, image_size, image_size),
+                                          lambda s, e: _read_resized.__wrapped__(names[s:e], None, image_size).numpy()))
+            cached = open_or_build(cache_folder(Path(cache_root) if cache_root else default_cache_dir(), source, "val"),
+                                   source)
+            return ImageDataset(DATASET_NAME, cached.x, y, list(classes), index)
+        x = _read_resized(tuple(str(f) for f in files), _stat_key(files), image_size)
     return ImageDataset(DATASET_NAME, x, y, list(classes), index)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -24,6 +25,8 @@ from igkd.convention import InputConvention
 from igkd.data.catalog import FASHION_MNIST, KNOWN_DATASETS, image_size_hw
 from igkd.data.image_dataset import ImageDataset
 from igkd.errors import ConfigError, DataError, DatasetNotFoundError
+from igkd.fileio import NpyRows, read_json, write_json
+from igkd.utils import default_cache_dir
 
 SPLITS = ("train", "test")
 
@@ -42,8 +45,16 @@ def load_dataset(
     root: str | Path | None = None,
     download: bool = False,
     image_size: int | Sequence[int] | None = None,
+    streaming: bool = False,
+    cache_root: str | Path | None = None,
+    progress: bool | None = None,
 ) -> ImageDataset:
     """Load one split of a named dataset; the single door through which data enters the pipeline.
+
+    With ``streaming`` the images are read from disk a batch at a time: from the split's decoded
+    cache (:mod:`igkd.data.cache`, under ``cache_root``, by default ``$IGKD_CACHE/images``), built on
+    first use chunk by chunk, so an image folder is never decoded whole into memory. The images, labels
+    and fingerprint are those of the in-memory load.
 
     ``root`` is a folder for ``cifar10``, ``fashion_mnist`` and ``image_folder`` and the ``.npz``
     file for ``npz``. With ``root=None`` the standard places are searched (see the loaders).
@@ -56,6 +67,13 @@ def load_dataset(
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} for dataset {name!r}; use one of: {', '.join(SPLITS)}")
     root_path = None if root is None else Path(root).expanduser()
+    if streaming:
+        from .cache import cache_folder, open_or_build
+
+        source = (_folder_source(split, root_path, hw) if name == "image_folder"
+                  else _memory_source(name, split, root_path, download, hw))
+        return open_or_build(cache_folder(Path(cache_root) if cache_root else default_cache_dir(), source, split),
+                             source, progress)
     if name == "cifar10":
         x, y, classes = _load_cifar10(split, root_path, download)
     elif name == "fashion_mnist":
@@ -67,6 +85,28 @@ def load_dataset(
     if hw is not None:
         x = resize_images(x, hw)
     return ImageDataset(name, x, y, list(classes))
+
+
+def _memory_source(name: str, split: str, root: Path | None, download: bool, hw: tuple[int, int] | None):
+    """The cache source of a dataset whose files are read whole anyway (CIFAR-10, IDX, npz: small archives)."""
+    from .cache import CacheSource
+
+    ds = load_dataset(name, split, root, download, hw)
+    files = {"cifar10": lambda: [], "fashion_mnist": lambda: list(_find_fashion_files(
+        [root] if root is not None else [*_default_dirs("fashion_mnist"), _FASHION_SYSTEM_DIR], split) or []),
+        "npz": lambda: [root]}[name]()
+    key = {"dataset": name, "split": split, "resize": hw, "files": _stat_digest(files) if files else None,
+           "fingerprint": ds.fingerprint() if not files else None}
+    return CacheSource(name, key, ds.y.numpy(), ds.classes, lambda: (tuple(ds.x.shape), lambda s, e: ds.x[s:e].numpy()))
+
+
+def _stat_digest(paths: Sequence[Path]) -> str:
+    """A digest of :func:`_stat_key` (paths, modification times, sizes), without holding it for every file."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    return h.hexdigest()
 
 
 def resize_images(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
@@ -84,9 +124,16 @@ def resize_images(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> 
 def compute_convention(ds: ImageDataset, source: str | Path | None = None) -> InputConvention:
     """Per-channel mean/std of pixel values in [0, 1], for datasets without published constants.
 
-    Compute it on the training split and record it; the test split must reuse the training numbers.
+    Compute it on the training split and record it; the test split must reuse the training numbers. Of a
+    whole split read from its cache it is computed once and kept beside the cache (``convention.json``,
+    checked against the split's fingerprint).
     """
     where = f"dataset {ds.name!r}" + (f" ({source})" if source else "")
+    sidecar = ds.x.path.with_name("convention.json") if isinstance(ds.x, NpyRows) and ds.x.rows is None else None
+    if sidecar is not None and sidecar.is_file():  # a whole cached split: computed once, not at every run
+        saved = read_json(sidecar)
+        if saved.get("fingerprint") == ds.fingerprint():
+            return InputConvention(tuple(saved["mean"]), tuple(saved["std"]))
     if len(ds) == 0:
         raise DataError(f"{where} has no training images: cannot compute its mean and std")
     channels = ds.x.shape[1]
@@ -103,6 +150,8 @@ def compute_convention(ds: ImageDataset, source: str | Path | None = None) -> In
         channels = torch.nonzero(std == 0).flatten().tolist()
         raise DataError(f"{where}: channel(s) {channels} hold one value in every training image; cannot "
                         "normalise by a std of 0")
+    if sidecar is not None:
+        write_json(sidecar, {"fingerprint": ds.fingerprint(), "mean": mean.tolist(), "std": std.tolist()})
     return InputConvention(tuple(mean.tolist()), tuple(std.tolist()))
 
 
@@ -424,7 +473,8 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_image_folder(split: str, root: Path | None, size: tuple[int, int] | None = None):
+def _folder_listing(split: str, root: Path | None) -> tuple[list[Path], list[int], list[str]]:
+    """The image files of ``<root>/<split>/<class>/``, their labels, and the classes of both splits."""
     if root is None:
         raise ConfigError("dataset 'image_folder' needs root (data.root) set to a folder with train/ and test/")
     split_dir = root / split
@@ -450,9 +500,75 @@ def _load_image_folder(split: str, root: Path | None, size: tuple[int, int] | No
         labels += [label] * len(found)
     if not files:
         raise DataError(f"image folder {split_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    return files, labels, classes
+
+
+def _load_image_folder(split: str, root: Path | None, size: tuple[int, int] | None = None):
+    files, labels, classes = _folder_listing(split, root)
     key = _stat_key(files)
     x = _read_images(tuple(str(f) for f in files), key, size)
     return x, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _open_image(f: str | Path, size, resize: tuple[int, int] | None):
+    """The image at ``f``, loaded, and its size checked against ``size`` (the first image's) unless resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            if size is not None and im.size != size and resize is None:
+                raise DataError(f"image {f} is {im.size[0]}x{im.size[1]} (width x height), others are "
+                                f"{size[0]}x{size[1]}; set data.image_size (a side, or [height, width]) to "
+                                "resize all images on load")
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"image {f} is unreadable ({_one_line(exc)})") from None
+
+
+def _pixels(im, mode: str, resize: tuple[int, int] | None) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 pixels of ``im`` in ``mode``, resized to ``resize`` (H, W) if given."""
+    from PIL import Image
+
+    im = im.convert(mode)  # before resizing: a palette image would be resized by its indices
+    return np.asarray(im if resize is None else im.resize(resize[::-1], Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _folder_source(split: str, root: Path | None, resize: tuple[int, int] | None):
+    """The cache source of an image folder: decoded chunk by chunk, as :func:`_read_images` decodes it whole.
+
+    Only to build the cache, the mode (grey-scale when every image is, else RGB) and the size are read from
+    the files' headers first (PIL reads no pixels for that), so its shape is known before its first chunk;
+    a built cache is found by the listing's digest alone."""
+    from PIL import Image
+
+    from .cache import CacheSource
+
+    files, labels, classes = _folder_listing(split, root)
+
+    def layout():
+        modes, size = set(), None
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    modes.add(im.mode)
+                    if size is None:
+                        size = im.size
+                    elif im.size != size and resize is None:
+                        _open_image(f, size, resize)  # the error of the in-memory load
+            except OSError:
+                _open_image(f, size, resize)  # unreadable: its own error line
+        mode = "L" if modes == {"L"} else "RGB"
+        h, w = resize if resize is not None else size[::-1]
+
+        def read(s: int, e: int) -> np.ndarray:
+            stack = np.stack([_pixels(_open_image(f, size, resize), mode, resize) for f in files[s:e]])
+            return stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
+
+        return (len(files), 1 if mode == "L" else 3, h, w), read
+
+    key = {"dataset": "image_folder", "split": split, "resize": resize, "files": _stat_digest(files)}
+    return CacheSource("image_folder", key, np.asarray(labels, dtype=np.int64), classes, layout)
 
 
 @functools.lru_cache(maxsize=4)
@@ -460,32 +576,12 @@ def _read_images(files: tuple[str, ...], stat_key: tuple, resize: tuple[int, int
     """The images of ``files``, all of one size, or each resized to ``resize`` (H, W) (PIL, bilinear,
     antialiased), in one mode: grey-scale when all are, else RGB."""
     del stat_key  # only part of the cache key
-    from PIL import Image, UnidentifiedImageError
-
     arrays = []
     size = None
-    modes = set()
     for f in files:
-        try:
-            with Image.open(f) as im:
-                if size is None:
-                    size = im.size
-                elif im.size != size and resize is None:
-                    raise DataError(f"image {f} is {im.size[0]}x{im.size[1]} (width x height), others are "
-                                    f"{size[0]}x{size[1]}; set data.image_size (a side, or [height, width]) to "
-                                    "resize all images on load")
-                modes.add(im.mode)
-                im.load()
-                arrays.append(im.copy())
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"image {f} is unreadable ({_one_line(exc)})") from None
-    mode = "L" if modes == {"L"} else "RGB"
-
-    def pixels(im):
-        im = im.convert(mode)  # before resizing: a palette image would be resized by its indices
-        return np.asarray(im if resize is None else im.resize(resize[::-1], Image.Resampling.BILINEAR),
-                          dtype=np.uint8)
-
-    stack = np.stack([pixels(im) for im in arrays])
+        arrays.append(_open_image(f, size, resize))
+        size = size or arrays[0].size
+    mode = "L" if {im.mode for im in arrays} == {"L"} else "RGB"
+    stack = np.stack([_pixels(im, mode, resize) for im in arrays])
     x = stack[:, None] if mode == "L" else stack.transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x))

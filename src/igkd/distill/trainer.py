@@ -6,6 +6,7 @@ import copy
 import functools
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from torch import nn
 from .. import distributed
 from ..config import AugmentConfig, TrainConfig
 from ..convention import InputConvention
-from ..data.augment import AugmentDraws, apply_draws, draw_batches
+from ..data.augment import AugmentDraws, apply_draws, draw_batches, plan_padding
 from ..data.image_dataset import ImageDataset
+from ..data.sources import Batch, BatchSource, InMemorySource, StreamedSource, eval_batches
 from ..distributed import DistContext
 from ..errors import CheckpointError, ConfigError, NumericalError
 from ..runs import RunDir, load_checkpoint, save_checkpoint
@@ -38,11 +40,12 @@ class TrainingData:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, convention: InputConvention,
+def evaluate(model: torch.nn.Module, x, y: torch.Tensor, convention: InputConvention,
              batch_size: int = 1000, ctx: DistContext | None = None) -> float:
-    """Top-1 accuracy in percent on uint8 images (already on the model's device).
+    """Top-1 accuracy in percent on uint8 images: a tensor (on the model's device, or moved there a batch at
+    a time), or images on disk (:class:`~igkd.fileio.NpyRows`), read ahead a batch at a time.
 
-    With a data-parallel ``ctx`` each rank evaluates its contiguous part and the counts are summed.
+    With a data-parallel ``ctx`` each rank evaluates (and reads) its contiguous part and the counts are summed.
     """
     if len(y) == 0:
         return float("nan")
@@ -50,10 +53,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, conventio
     lo, hi = ctx.shard(len(y))
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=y.device)
-    for i in range(lo, hi, batch_size):
-        logits = model(convention.from_uint8(x[i:min(i + batch_size, hi)]))
-        correct += (logits.argmax(1) == y[i:min(i + batch_size, hi)]).sum()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for xb, yb in eval_batches(x, y, lo, hi, batch_size, device):
+        correct += (model(convention.from_uint8(xb)).argmax(1) == yb).sum()
     model.train(was_training)
     return 100.0 * ctx.all_reduce_(correct).item() / len(y)
 
@@ -63,9 +66,28 @@ def load_batch(x_train: torch.Tensor, y_train: torch.Tensor, maps: torch.Tensor 
                channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The data path of a step, all on the data's device: gather the images (and maps) at training-set
     positions ``pos``, crop, flip and overlay them with ``draws``, normalise. Returns network input and labels."""
-    x = apply_draws(x_train[pos].float().div_(255.0), None if maps is None else maps[pos], draws, mix)
-    x = convention.normalize(x)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x, y_train[pos]
+    return batch_input(Batch(x_train[pos], y_train[pos], None if maps is None else maps[pos]), draws, convention,
+                       mix, channels_last)
+
+
+def batch_input(batch: Batch, draws: AugmentDraws, convention: InputConvention, mix: float = 0.5,
+                channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's network input and labels from its data on the device: crop, flip and overlay with ``draws``,
+    normalise. The same arithmetic whatever source the batch came from."""
+    x = convention.normalize(apply_draws(batch.x.float().div_(255.0), batch.maps, draws, mix))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x, batch.y
+
+
+def batch_source(data: TrainingData, maps, device: torch.device, streaming: bool | None = None,
+                 workers: int = 0) -> BatchSource:
+    """The source of ``data``'s training batches: streamed when asked (``streaming``), or, left to the data
+    (None), when its images or maps live on disk; else everything moved to ``device`` once."""
+    if streaming is None:
+        streaming = data.train.on_disk or (maps is not None and not isinstance(maps, torch.Tensor))
+    if streaming:
+        return StreamedSource(data.train.x, data.train.y, maps, device, workers)
+    return InMemorySource(data.train.x if isinstance(data.train.x, torch.Tensor) else data.train.x[:], data.train.y,
+                          maps if maps is None or isinstance(maps, torch.Tensor) else maps[:], device)
 
 
 def loss_terms(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -99,14 +121,17 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     progress: bool | None = None,
     desc: str = "train",
+    source: BatchSource | None = None,
 ) -> list[dict]:
     """Train ``distiller.student`` for ``cfg.epochs``; return the per-epoch history.
 
     ``maps`` (N, H, W), indexed by training-set position, is needed when the method uses the IG overlay.
     Every random draw of epoch e comes from generators seeded by (seed, e), and the checkpoint after
     each epoch holds everything else, so a resumed run ends exactly where an uninterrupted one does.
-    The whole data set sits on ``device`` as uint8; an epoch's order and augmentation draws are made on
-    the host once, at its start, so a step reads nothing back from the device (except the loss check,
+    The batches come from ``source`` (by default :func:`batch_source`: the whole data set on ``device``
+    as uint8 when it is in memory, else read from disk a batch at a time, ahead of the loop); an epoch's
+    order and augmentation draws are made on the host once, at its start, whatever the source, so both
+    give the same run bit for bit, and a step reads nothing back from the device (except the loss check,
     ``cfg.check_finite_every``).
 
     Data-parallel when this process has joined a process group (:func:`igkd.distributed.session`, under
@@ -131,12 +156,13 @@ def fit(
     step_module: nn.Module = distributed.data_parallel(distiller, device) if ctx.enabled else distiller
     if cfg.compile:
         step_module.compile()
-    on_device = _DeviceData.of(data, device)
     maps = maps if distiller.spec.ig and aug.overlay_p > 0 else None
+    source = source or batch_source(data, maps, device)
+    on_device = _EvalData.of(data, device, source)
     guard = FiniteGuard(cfg.check_finite_every, ctx, run.checkpoint, desc)
 
     for epoch in range(start_epoch, cfg.epochs):
-        plan = EpochPlan.draw(cfg, aug, epoch, data.train_pos, on_device.x_train.shape[2:], maps is not None, ctx,
+        plan = EpochPlan.draw(cfg, aug, epoch, data.train_pos, data.train.image_shape[1:], maps is not None, ctx,
                               device)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, epoch)
@@ -145,16 +171,19 @@ def fit(
         partial = None
         guard.begin(epoch, tally.steps)
         batches = plan.batches(after=tally.steps)
-        with progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
-                          enabled=progress if ctx.is_main else False, initial=tally.steps,
-                          total=tally.steps + len(batches)) as bar:
+        # this rank's part of each batch, read ahead (a streamed source stops reading when the epoch ends)
+        with closing(source.batches(plan.order, [plan.part(i, ctx) for i in batches])) as feed, \
+                progress_bar(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                             enabled=progress if ctx.is_main else False, initial=tally.steps,
+                             total=tally.steps + len(batches)) as bar:
             for step, i in enumerate(bar, start=tally.steps + 1):
-                n = plan.size_at(i)
-                if n < plan.min_batch:
+                batch = next(feed)
+                if batch is None:  # too small to train on
                     continue
+                n = plan.size_at(i)
                 lo, hi = ctx.shard(n)  # this rank's part of the global batch
-                x, y = load_batch(on_device.x_train, on_device.y_train, maps, plan.order[i + lo:i + hi],
-                                  plan.draws.rows(i + lo, i + hi), data.convention, aug.mix, cfg.channels_last)
+                x, y = batch_input(batch, plan.draws.rows(i + lo, i + hi), data.convention, aug.mix,
+                                   cfg.channels_last)
                 with autocast():
                     out = step_module(x, y)  # {"loss", "logits", each loss term}
                 loss, logits, losses = out["loss"], out["logits"], loss_terms(out)
@@ -192,7 +221,7 @@ def fit(
     return history
 
 
-def _test_best_epoch(history: list[dict], model: nn.Module, saver: Checkpointer, on_device: _DeviceData,
+def _test_best_epoch(history: list[dict], model: nn.Module, saver: Checkpointer, on_device: _EvalData,
                      convention: InputConvention, batch_size: int, ctx: DistContext) -> None:
     """``train.test_eval=end``: the best-validation epoch's test accuracy, from its weights (``best.pt``),
     written into its line of the history (and ``metrics.jsonl``), as an every-epoch run records it."""
@@ -236,13 +265,13 @@ def _gather(model: nn.Module, tally: EpochTally, sync_bn: bool, ctx: DistContext
     tally.reduce(ctx)
 
 
-def training_environment(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> dict:
+def training_environment(cfg: TrainConfig, ctx: DistContext, device: torch.device, streaming: bool = False) -> dict:
     """What ``env.json`` records of how a run computes: its processes and the fast-path options in effect."""
     env = {
         "data_parallel": {**ctx.to_dict(), "sync_bn": distributed.resolve_sync_bn(cfg.sync_bn, ctx, device),
                           "global_batch": cfg.batch_size},
         "fast_path": {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
-                      "check_finite_every": cfg.check_finite_every, "data_on_device": True,
+                      "check_finite_every": cfg.check_finite_every, "data_on_device": not streaming,
                       "batched_augmentation": True},
     }
     if device.type == "cuda":  # PyTorch's defaults: TF32 in convolutions, not in matrix products
@@ -252,22 +281,22 @@ def training_environment(cfg: TrainConfig, ctx: DistContext, device: torch.devic
 
 
 @dataclass
-class _DeviceData:
-    """The training images and labels, the validation and test sets, moved to the device once."""
+class _EvalData:
+    """The validation and test sets: moved to the device once with an in-memory source, else read from
+    where they live (the validation images through the training set's, by position) a batch at a time."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
     @classmethod
-    def of(cls, data: TrainingData, device: torch.device) -> _DeviceData:
-        x_train, y_train = data.train.x.to(device), data.train.y.to(device)
-        val_pos = data.val_pos.to(device)
-        return cls(x_train, y_train, x_train[val_pos], y_train[val_pos], data.test.x.to(device),
-                   data.test.y.to(device))
+    def of(cls, data: TrainingData, device: torch.device, source: BatchSource) -> _EvalData:
+        if isinstance(source, InMemorySource):
+            val_pos = data.val_pos.to(device)
+            return cls(source.x[val_pos], source.y[val_pos], data.test.x.to(device), data.test.y.to(device))
+        val = data.train.subset(data.val_pos)
+        return cls(val.x, val.y, data.test.x, data.test.y)
 
     def accuracies(self, model: nn.Module, convention: InputConvention, batch_size: int,
                    ctx: DistContext, test: bool = True) -> tuple[float, float]:
@@ -281,7 +310,7 @@ class EpochPlan:
     """What an epoch draws at its start, from generators seeded by (seed, epoch): the order of the
     training set and every batch's augmentation, the same on every rank for the whole global batch."""
 
-    order: torch.Tensor  # training-set positions, on the device
+    order: torch.Tensor  # training-set positions, on the host (a source moves what it needs)
     draws: AugmentDraws  # one row per image of each batch that trains
     batch_size: int  # the global batch
     min_batch: int  # smaller batches (the last) are skipped: batch norm needs 2 images in each process
@@ -299,9 +328,10 @@ class EpochPlan:
         order = train_pos[torch.randperm(len(train_pos), generator=gen)]
         min_batch = 2 * ctx.world_size
         sizes = [min(cfg.batch_size, len(order) - i) for i in range(0, len(order), cfg.batch_size)]
-        draws = draw_batches([b for b in sizes if b >= min_batch], *image_hw, aug.crop_padding, aug.flip, gen,
+        padding = plan_padding(aug.crop_padding, aug.crop_padding_for, tuple(image_hw))
+        draws = draw_batches([b for b in sizes if b >= min_batch], *image_hw, padding, aug.flip, gen,
                              aug.overlay_p if overlay else 0.0, tuple(aug.power_range), overlay_gen).to(device)
-        return cls(order.to(device), draws, cfg.batch_size, min_batch, started)
+        return cls(order, draws, cfg.batch_size, min_batch, started)
 
     @property
     def steps(self) -> int:
@@ -310,6 +340,15 @@ class EpochPlan:
     def batches(self, after: int) -> range:
         """The start positions of the batches after the first ``after`` steps."""
         return range(after * self.batch_size, len(self.order), self.batch_size)
+
+    def part(self, i: int, ctx: DistContext) -> tuple[int, int] | None:
+        """This rank's slice of the order in the global batch starting at ``i``; None when it is too small
+        to train on (the last)."""
+        n = self.size_at(i)
+        if n < self.min_batch:
+            return None
+        lo, hi = ctx.shard(n)
+        return i + lo, i + hi
 
     def size_at(self, i: int) -> int:
         return min(self.batch_size, len(self.order) - i)
@@ -527,5 +566,5 @@ def summarize(history: list[dict]) -> dict:
     return out
 
 
-__all__ = ["AMP_MODES", "TrainingData", "best_epoch", "evaluate", "fit", "load_batch", "loss_terms", "make_optimizer", "summarize",
-           "training_environment"]
+__all__ = ["AMP_MODES", "TrainingData", "batch_input", "batch_source", "best_epoch", "evaluate", "fit", "load_batch",
+           "loss_terms", "make_optimizer", "summarize", "training_environment"]

@@ -1,0 +1,218 @@
+"""Data at the user's scale: the decoded cache, streamed runs equal to in-memory ones, presets that follow
+the data and the model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from igkd import errors, pipeline
+from igkd.attribution import MapStore
+from igkd.cli import resolve_config_path
+from igkd.config import load_config
+from igkd.data import cache, compute_convention, load_dataset
+from igkd.data.augment import augment_batch, draw_batches, plan_padding
+from igkd.errors import ConfigError, DataError, IgkdWarning
+from igkd.fileio import NpyRows, read_run_metrics
+from igkd.runs import RunDir, load_state_dict
+
+from .toy_data import toy_settings, write_image_folder, write_quadrants_npz
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(errors, "_said", set())  # warn_once speaks once per process
+
+
+def test_the_cache_of_an_image_folder_is_the_in_memory_load_and_is_built_once(tmp_path):
+    root = write_image_folder(tmp_path / "folder", sizes=(12,), per_class=5)
+    in_memory = load_dataset("image_folder", "train", root=root)
+    streamed = load_dataset("image_folder", "train", root=root, streaming=True, cache_root=tmp_path / "c")
+    assert isinstance(streamed.x, NpyRows) and streamed.on_disk
+    assert torch.equal(streamed.x[:], in_memory.x) and torch.equal(streamed.y, in_memory.y)
+    assert streamed.fingerprint() == in_memory.fingerprint() == streamed.subset(torch.arange(len(streamed))).fingerprint()
+    pos = torch.tensor([7, 2, 19, 2])
+    assert torch.equal(streamed.x[pos], in_memory.x[pos])
+    assert torch.equal(streamed.subset(pos).x[1:3], in_memory.x[pos[1:3]])
+    folder = next((tmp_path / "c" / "images").iterdir())
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] and meta["fingerprint"] == in_memory.fingerprint()
+    # the mean and std of a cached split are computed once and kept beside it, the numbers of the in-memory load
+    assert compute_convention(streamed) == compute_convention(in_memory) == compute_convention(streamed)
+    assert json.loads((folder / "convention.json").read_text())["fingerprint"] == in_memory.fingerprint()
+    stamp = (folder / "images.npy").stat().st_mtime_ns
+    again = load_dataset("image_folder", "train", root=root, streaming=True, cache_root=tmp_path / "c")
+    assert (folder / "images.npy").stat().st_mtime_ns == stamp and again.fingerprint() == in_memory.fingerprint()
+    # resized on load: the cache of the resized images is another cache, equal to the in-memory resize
+    resized = load_dataset("image_folder", "train", root=root, image_size=8, streaming=True, cache_root=tmp_path / "c")
+    assert torch.equal(resized.x[:], load_dataset("image_folder", "train", root=root, image_size=8).x)
+
+
+def test_a_killed_build_resumes_and_a_changed_cache_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 3 * 12 * 12 * 10)  # chunks of 10 images
+    root = write_image_folder(tmp_path / "folder", sizes=(12,), per_class=8)  # 32 training images: 4 chunks
+    source = load_dataset.__globals__["_folder_source"]("train", root, None)
+    shape, read = source.layout()
+    calls = []
+
+    def failing_layout():
+        def failing_read(s, e):
+            calls.append(s)
+            if s == 20:
+                raise KeyboardInterrupt  # killed in the middle of the third chunk
+            return read(s, e)
+        return shape, failing_read
+
+    folder = cache.cache_folder(tmp_path / "c", source, "train")
+    killed = cache.CacheSource(source.name, source.key, source.labels, source.classes, failing_layout)
+    with pytest.raises(KeyboardInterrupt):
+        cache.open_or_build(folder, killed)
+    assert sorted(p.name for p in (folder / "done").iterdir()) == ["000000.json", "000001.json"]
+    assert not json.loads((folder / "meta.json").read_text())["complete"] and not (folder / ".igkd.lock").exists()
+    resumed_calls = []
+
+    def counting_layout():
+        return shape, lambda s, e: resumed_calls.append(s) or read(s, e)
+
+    ds = cache.open_or_build(folder, cache.CacheSource(source.name, source.key, source.labels, source.classes,
+                                                       counting_layout))
+    assert resumed_calls == [20, 30]  # only the chunks without a record
+    assert torch.equal(ds.x[:], load_dataset("image_folder", "train", root=root).x)
+
+    other = cache.CacheSource(source.name, {**source.key, "files": "another listing"}, source.labels,
+                              source.classes, source.layout)
+    with pytest.raises(DataError, match="was built from other files .* delete it to rebuild it"):
+        cache.open_or_build(folder, other)
+    with open(folder / "images.npy", "r+b") as f:  # one pixel flipped on disk
+        f.seek(-1, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(DataError, match="do not match the sha256 recorded .* delete it to rebuild it"):
+        cache.open_or_build(folder, source)
+
+
+def test_streaming_auto_chooses_by_size_against_free_memory(tmp_path, monkeypatch, fresh_warnings):
+    root = write_image_folder(tmp_path / "folder", sizes=(12,), per_class=5)
+    cfg = load_config(None, ["data.name=image_folder", f"data.root={root}"])
+    assert cfg.data.streaming == "auto"
+    assert pipeline.streams(cfg) is False  # 30 tiny images
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 20_000)  # 30 x (3 + 2) x 144 bytes > half of it
+    with pytest.warns(IgkdWarning, match=r"data.streaming=auto: the data is 0.0 GiB decoded, more than half the "
+                      r"free memory: streaming it"):
+        assert pipeline.streams(cfg) is True
+    assert pipeline.streams(load_config(None, ["data.streaming=false"])) is False
+    assert pipeline.streams(load_config(None, ["data.streaming=true"])) is True
+    # where the data lives is not what a run is
+    assert load_config(None, ["data.streaming=true"]).identity() == load_config(None, []).identity()
+    with pytest.raises(ConfigError, match=r"bad value for data.streaming: 'sometimes' \(allowed: auto, true or false\)"):
+        load_config(None, ["data.streaming=sometimes"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::igkd.errors.IgkdWarning")  # a teacher of one epoch explains little
+def test_a_streamed_pipeline_is_the_in_memory_pipeline_bit_for_bit(tmp_path, monkeypatch):
+    """``train-teacher``, ``precompute-ig`` and ``distill`` (kd_ig: the teacher's outputs and the overlay
+    read from the map store by position) with data.streaming=true and false: the same weights and metrics,
+    and one map store serves both (the cache's fingerprint is the dataset's)."""
+    monkeypatch.setenv("IGKD_CACHE", str(tmp_path / "cache"))
+    data = write_quadrants_npz(tmp_path / "toy.npz", n_train=96, n_test=40)
+    base = [*toy_settings(data, tmp_path), "teacher_train.epochs=1", "augment.overlay_p=0.5",
+            "augment.flip=true", "data.val_fraction=0.2"]
+    out = {}
+    for streaming in ("false", "true"):
+        cfg = load_config(None, [*base, f"data.streaming={streaming}"])
+        teacher_dir = tmp_path / f"teacher-{streaming}"
+        pipeline.train_teacher(cfg, teacher_dir, progress=False)
+        cfg = load_config(None, [*base, f"data.streaming={streaming}", f"teacher.checkpoint={teacher_dir / 'model.pt'}"])
+        pipeline.precompute(cfg, progress=False)
+        pipeline.distill(cfg, tmp_path / f"student-{streaming}", progress=False)
+        out[streaming] = [RunDir(tmp_path / f"{role}-{streaming}") for role in ("teacher", "student")]
+    assert any((tmp_path / "cache" / "images").iterdir())
+    for memory, streamed in zip(out["false"], out["true"]):
+        a, b = load_state_dict(memory.file("model.pt")), load_state_dict(streamed.file("model.pt"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        strip = [[{k: v for k, v in h.items() if k != "epoch_time_s"} for h in read_run_metrics(r.path)]
+                 for r in (memory, streamed)]
+        assert strip[0] == strip[1]
+        assert json.loads(streamed.file("env.json").read_text())["fast_path"]["data_on_device"] is False
+
+
+def test_map_store_rows_are_load_all_read_by_position_and_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    maps = rng.random((20, 6, 6)).astype(np.float16)
+    (tmp_path / "s").mkdir()
+    np.save(tmp_path / "s" / "maps.npy", maps)
+    digest = __import__("hashlib").sha256(maps.tobytes()).hexdigest()
+    store = MapStore(tmp_path / "s", {"maps_sha256": digest, "shape": [20, 6, 6], "dtype": "float16"})
+    rows = store.rows()
+    assert torch.equal(rows[torch.tensor([3, 1, 19])], store.load_all()[[3, 1, 19]])
+    maps[4, 0, 0] = np.inf
+    np.save(tmp_path / "s" / "maps.npy", maps)
+    with pytest.raises(errors.NumericalError, match=r"non-finite values \(maps of positions \[4\]"):
+        store.rows()
+    maps[4, 0, 0] = 0.5
+    np.save(tmp_path / "s" / "maps.npy", maps)
+    with pytest.raises(errors.StaleStoreError, match="does not match the sha256"):
+        store.rows()
+
+
+def test_an_epoch_plan_keeps_three_numbers_per_image_and_draws_what_augment_batch_draws():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    images = torch.rand(24, 3, 9, 7)
+    plan = draw_batches([16, 8], 9, 7, 2, True, g1)
+    assert plan.crop_flip.row0.shape == (24,)  # not (24, 9) and (24, 7)
+    expected = torch.cat([augment_batch(images[:16], None, g2, 2), augment_batch(images[16:], None, g2, 2)])
+    from igkd.data.augment import apply_draws
+
+    got = torch.cat([apply_draws(images[:16], None, plan.rows(0, 16)), apply_draws(images[16:], None, plan.rows(16, 24))])
+    assert torch.equal(got, expected)
+
+
+def test_crop_padding_follows_the_image_size(fresh_warnings):
+    assert plan_padding(2, 28, (28, 28)) == 2 and plan_padding(4, None, (8, 8)) == 4
+    assert plan_padding(2, 28, (8, 8)) == 1 and plan_padding(4, 32, (64, 64)) == 8 and plan_padding(0, 28, (8, 8)) == 0
+    assert plan_padding("auto", None, (8, 8)) == 1 and plan_padding("auto", None, (224, 160)) == 20
+    cfg = load_config(resolve_config_path("cpu-fashion-mnist"))
+    with pytest.warns(IgkdWarning, match=r"augment.crop_padding 2 was written for 28x28 images "
+                      r"\(augment.crop_padding_for\), these are 8x8: using 1 instead"):
+        aug = pipeline.augment_for(cfg, (8, 8))
+    assert aug.crop_padding == 1
+    assert pipeline.augment_for(cfg, (28, 28)).crop_padding == 2
+    with pytest.warns(IgkdWarning, match=r"augment.crop_padding=auto: 4 pixels for 32x32 images"):
+        assert pipeline.augment_for(load_config(None, ["augment.crop_padding=auto"]), (32, 32)).crop_padding == 4
+
+
+def test_a_presets_mobilenet_keys_step_aside_for_the_users_own_teacher(tmp_path, fresh_warnings):
+    preset = resolve_config_path("cpu-fashion-mnist")
+    with pytest.warns(IgkdWarning, match=r"teacher.arch=resnet18: the preset's teacher.width_mult, teacher.strides, "
+                      r"teacher.strides_for, teacher.dropout shape cifar_mobilenet_v2 only and are left out"):
+        cfg = load_config(preset, ["teacher.arch=resnet18", "student.arch=mobilenet_v3_small"])
+    assert cfg.teacher.arch == "resnet18" and cfg.teacher.width_mult == 1.0 and cfg.teacher.strides == "auto"
+    assert cfg.data.train_size == 6000  # the rest of the preset stays
+    # a key the user set is still refused, on the command line or in a file of their own
+    with pytest.raises(ConfigError, match=r"bad value for teacher.width_mult: 0.5 \(allowed: 1.0: it shapes "
+                       r"cifar_mobilenet_v2 only, not teacher.arch=resnet18\)"):
+        load_config(preset, ["teacher.arch=resnet18", "teacher.width_mult=0.5"])
+    own = tmp_path / "mine.yaml"
+    own.write_text(preset.read_text())
+    with pytest.raises(ConfigError, match=r"bad value for teacher.width_mult: 0.35"):
+        load_config(own, ["teacher.arch=resnet18"])
+    assert load_config(preset).teacher.width_mult == 0.35  # the preset as shipped
+
+
+def test_the_imagenet_evaluation_set_streams_from_its_cache(tmp_path):
+    from igkd.data.imagenet import load_imagenet_cifar10
+
+    from .test_imagenet import make_folder
+
+    make_folder(tmp_path / "val")
+    in_memory = load_imagenet_cifar10(tmp_path, image_size=4)
+    streamed = load_imagenet_cifar10(tmp_path, image_size=4, streaming=True, cache_root=tmp_path / "c")
+    assert streamed.on_disk and torch.equal(streamed.x[:], in_memory.x)
+    assert torch.equal(streamed.index, in_memory.index) and torch.equal(streamed.y, in_memory.y)
+    assert streamed.fingerprint() == in_memory.fingerprint()
