@@ -99,6 +99,10 @@ def markers(text: str) -> list[Marker]:
     return [Marker.parse(m["spec"]) for m in MARKER.finditer(text)]
 
 
+class NoComparison(ConfigError):
+    """Too few runs (so far) for a study's comparisons."""
+
+
 def render(marker: Marker, root: str | Path) -> str:
     """The Markdown table of ``marker``, from the studies under ``root`` (the document's folder)."""
     studies = [_load(Path(root), path) for path in marker.studies]
@@ -106,7 +110,10 @@ def render(marker: Marker, root: str | Path) -> str:
         return _md(_by_group(studies[0], lambda g: summary_table(studies[0], g)))
     column = VALUES[marker.value]
     if marker.kind == "contrasts":
-        table = _by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g, column)))
+        try:
+            table = _by_group(studies[0], lambda g: equivalence_table(studies[0], _compare(studies[0], g, column)))
+        except NoComparison as exc:  # a study in progress: too few runs so far
+            return f"*No comparison yet in {marker.studies[0]} ({exc}).*"
     else:
         table = answer_table(studies, marker.studies, column)
     if marker.value != "last":  # the table says what it compares, not only its (hidden) marker
@@ -139,11 +146,16 @@ def answer_table(studies: list[Study], names: tuple[str, ...], column: str = "te
     for study, name in zip(studies, names):
         for group in study.groups:
             label = name if len(study.groups) == 1 else f"{name} (k = {group})"
-            for c in _compare(study, group, column):
+            try:
+                comparisons = _compare(study, group, column)
+            except NoComparison as exc:
+                raise NoComparison(f"{name}: {exc}") from None
+            for c in comparisons:
                 rows.append([label, f"{c['method']} - {c['baseline']}", str(c["n_a"]),
                              f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
                              verdict_text(c), fmt(c["mde"]), PAPER_FIGURES.get((c["method"], c["baseline"]), "-")])
     return Table(headers, rows, align="llrllrl")
+
 
 
 def _compare(study: Study, group: str, column: str) -> list[dict]:
@@ -154,7 +166,7 @@ def _compare(study: Study, group: str, column: str) -> list[dict]:
         pairs = study.contrasts or [(m, study.baseline) for m in samples if m != study.baseline]
         return stats.compare_pairs(samples, pairs, paired=study.paired, margin=study.margin)
     except ValueError as exc:  # too few runs, a contrast without runs
-        raise ConfigError(f"{study.dir} (k = {group}): no comparison: {exc}") from None
+        raise NoComparison(f"k = {group}: {exc}") from None
 
 
 def _by_group(study: Study, table) -> Table:
