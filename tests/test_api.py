@@ -351,3 +351,29 @@ def test_igkd_fit_and_igkd_distill_give_the_same_run_bit_for_bit(tmp_path):
         return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]
 
     assert metrics("cli") == metrics("py") and metrics("py")[0]["loss_kd"] > 0
+
+
+def test_fit_streamed_from_the_users_datasets_is_the_in_memory_run(tmp_path):
+    """igkd.fit(streaming=True) reads the datasets and the store's maps a batch at a time, in a background
+    thread, and gives the run the in-memory path gives, bit for bit (issue 25: where data lives is not
+    what a run is)."""
+    torch.manual_seed(0)
+    teacher = igkd.create_model("cifar_mobilenet_v2", 3, width_mult=0.25).eval()
+    train, val, test = _toy(40, 12, 0), _toy(12, 12, 1), _toy(12, 12, 2)
+    store = igkd.compute_maps(teacher, train, tmp_path / "maps", n_steps=4, chunk_size=16)
+
+    def run(name: str, streaming: bool) -> dict:
+        torch.manual_seed(1)
+        distiller = igkd.Distiller(igkd.create_student(teacher, remove_blocks=13), teacher, "kd_ig")
+        return igkd.fit(distiller, train, val, test, out=tmp_path / name, maps=store, streaming=streaming,
+                        batch_size=16, device="cpu", threads=1, epochs=2,
+                        augment={"crop_padding": 1, "overlay_p": 0.5})
+
+    memory, streamed = run("memory", False), run("streamed", True)
+    a, b = (torch.load(tmp_path / d / "model.pt")["model"] for d in ("memory", "streamed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("test_acc_last", "val_acc_best", "test_acc_at_best_val", "train_images", "val_images"):
+        assert memory[key] == streamed[key], key
+    on_device = [json.loads((tmp_path / d / "env.json").read_text())["fast_path"]["data_on_device"]
+                 for d in ("memory", "streamed")]
+    assert on_device == [True, False]  # each run records where its data lived

@@ -509,8 +509,8 @@ def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingDa
     run = RunDir(out)
     with _claim(run, cfg, tc, resume, device, streaming) as ctx, \
             RunTracker(run, cfg, active=ctx.is_main) as tracker:
-        if maps is not None:
-            picks = data.train.first_of_each_class(8)
+        picks = [] if maps is None else [p for p in data.train.first_of_each_class(8) if p < len(maps)]
+        if picks:  # (a streamed store's maps cover the training images only)
             x = data.train.x[picks]
             tracker.show_examples(x, maps[picks], example_overlays(x, maps[picks], cfg.augment.mix))
         t0 = time.perf_counter()

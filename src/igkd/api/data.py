@@ -74,6 +74,45 @@ def image_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
     return ImageDataset(name, torch.stack(xs), y, classes)
 
 
+class _Pixels:
+    """An item's image as ``uint8 (C, H, W)``, read as the in-memory path reads it (a class, not a lambda,
+    so that DataLoader workers can take it)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, item) -> torch.Tensor:
+        return pixels_uint8(item[0], self.name)
+
+
+def _labels(dataset: Dataset, name: str) -> torch.Tensor:
+    """Every label of ``dataset``: its ``targets`` (torchvision's datasets keep them) when it has them, else
+    one pass over its items (each image is read once, none kept)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        return torch.as_tensor(targets, dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def streamed_dataset_from(parts: Sequence[Dataset], name: str = "dataset") -> ImageDataset:
+    """The ``(image, label)`` items of ``parts``, one after the other, as an :class:`ImageDataset` whose
+    images are read by position a batch at a time (:class:`~igkd.data.sources.DatasetRows`), never held
+    whole: the same pixels, positions and labels as :func:`image_dataset_from` gives in memory."""
+    from torch.utils.data import ConcatDataset
+
+    from ..data.sources import DatasetRows
+
+    for part in parts:
+        if not hasattr(part, "__len__") or not len(part):
+            raise DataError(f"{name}: a non-empty map-style Dataset (with __len__ and __getitem__) is needed")
+    y = torch.cat([_labels(part, name) for part in parts])
+    if int(y.min()) < 0:
+        raise DataError(f"{name}: labels must be 0..K-1, got {int(y.min())}")
+    x = DatasetRows(parts[0] if len(parts) == 1 else ConcatDataset(parts), image_of=_Pixels(name))
+    classes = list(getattr(parts[0], "classes", None) or [str(c) for c in range(int(y.max()) + 1)])
+    return ImageDataset(name, x, y, classes)
+
+
 def convention_of(normalize: Normalize | None, channels: int) -> InputConvention:
     """``(mean, std)`` per channel as igkd's input convention; None: pixels in [0, 1] as they are."""
     if normalize is None:
@@ -85,25 +124,41 @@ def convention_of(normalize: Normalize | None, channels: int) -> InputConvention
 
 
 def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test: Dataset | None = None,
-                                normalize: Normalize | None = None) -> TrainingData:
-    """The user's datasets as the training loop's data: held in memory as uint8, the training images first,
-    then the validation images (their positions are ``val_pos``), the test set apart.
+                                normalize: Normalize | None = None, streaming: bool = False) -> TrainingData:
+    """The user's datasets as the training loop's data: the training images first, then the validation
+    images (their positions are ``val_pos``), the test set apart; held in memory as uint8, or with
+    ``streaming`` read a batch at a time from the datasets themselves (the training loop then streams them,
+    with the same epoch plan: the same run).
 
-    This is the one place where :func:`igkd.fit` turns map-style datasets into training data; a streamed
-    source (data read a batch at a time, issue 25) plugs in here. ``normalize``: the ``(mean, std)`` the
-    networks take (the teacher's, as it was trained); None feeds pixels in [0, 1] as they are.
+    This is the one place where :func:`igkd.fit` turns map-style datasets into training data.
+    ``normalize``: the ``(mean, std)`` the networks take (the teacher's, as it was trained); None feeds
+    pixels in [0, 1] as they are.
     """
-    tr = image_dataset_from(train, "train")
-    parts = [tr] + ([image_dataset_from(val, "val")] if val is not None else [])
+    if streaming:
+        parts = [streamed_dataset_from([train], "train")]
+        if val is not None:
+            parts.append(streamed_dataset_from([val], "val"))
+            whole = streamed_dataset_from([train, val], "train")
+        else:
+            whole = parts[0]
+    else:
+        parts = [image_dataset_from(train, "train")] + ([image_dataset_from(val, "val")] if val is not None else [])
+    tr = parts[0]
     shape = tr.image_shape
     for p in parts[1:]:
         if p.image_shape != shape:
             raise DataError(f"{p.name} images are {p.image_shape}, train images {shape}: use one size")
     num_classes = max(len(p.classes) for p in parts)
     classes = max((p.classes for p in parts), key=len)
-    whole = ImageDataset("train", torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), classes)
-    te = image_dataset_from(test, "test") if test is not None else \
-        ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), classes)
+    if streaming:
+        whole.classes = classes
+    else:
+        whole = ImageDataset("train", torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), classes)
+    if test is not None:
+        te = streamed_dataset_from([test], "test") if streaming else image_dataset_from(test, "test")
+    else:
+        te = ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                          classes)
     if te.image_shape != shape:
         raise DataError(f"test images are {te.image_shape}, train images {shape}: use one size")
     if len(te) and int(te.y.max()) >= num_classes:

@@ -23,9 +23,10 @@ from .maps import WithMaps
 __all__ = ["Distiller", "fit"]
 
 
-def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train: int) -> torch.Tensor | None:
+def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train: int, streaming: bool = False):
     """The overlay's maps by training-set position: the training images' maps, zeros for the validation
-    images that follow them (never overlaid)."""
+    images that follow them (never overlaid); with ``streaming`` a store's maps are read by position
+    (the training positions only: validation images are never overlaid)."""
     if maps is None:
         return None
     if isinstance(maps, MapStore):
@@ -33,6 +34,8 @@ def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train
         if recorded != data.train.subset(torch.arange(n_train)).fingerprint():
             raise StaleStoreError(f"map store {maps.path} was made for other images than the training set given "
                                   "to fit: compute it for this dataset (igkd.compute_maps)")
+        if streaming:
+            return maps.rows()
         maps = maps.load_all()
     maps = torch.as_tensor(maps)
     h, w = data.train.image_shape[1:]
@@ -46,7 +49,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         out: str | os.PathLike, epochs: int = 100, maps: MapStore | torch.Tensor | None = None,
         normalize: Normalize | None = None, augment: Mapping[str, Any] | None = None, resume: bool = False,
         progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
-        **options: Any) -> dict:
+        streaming: bool = False, **options: Any) -> dict:
     """Train ``distiller.student`` with igkd's loop; write the run directory ``out``; return its summary.
 
     The loop is the one ``igkd distill`` runs: the data held as uint8 on the device, whole-batch crops,
@@ -72,6 +75,10 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         resume: continue the run in ``out`` from its last checkpoint (same settings only).
         progress: show progress bars (None: when the output is a terminal).
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch.
+        streaming: read the datasets (and a :class:`MapStore`'s maps) a batch at a time, in a background
+            thread, instead of holding them in memory: for data larger than memory. The same run, bit for
+            bit (the epoch plan does not depend on where the data lives). Labels are read once first: a
+            dataset's ``targets`` when it has them, else one pass over its items.
         **options: keys of the config's ``train`` section: ``batch_size`` (64), ``lr`` (1e-3), ``optimizer``
             (``adam`` or ``sgd``), ``schedule`` (``constant`` or ``cosine``), ``weight_decay``, ``seed`` (0),
             ``device`` (``auto``), ``threads``, ``amp``, ``channels_last``, ``compile``, ``checkpoint_every``,
@@ -97,9 +104,9 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     })
     if distiller.spec.ig and maps is None:
         raise ConfigError(f"method {distiller.method} overlays maps: pass maps=igkd.compute_maps(teacher, train, ...)")
-    data = training_data_from_datasets(train, val, test, normalize)
+    data = training_data_from_datasets(train, val, test, normalize, streaming=streaming)
     n_train = len(data.train_pos)
-    overlay = _train_maps(maps, data, n_train) if distiller.spec.ig else None
+    overlay = _train_maps(maps, data, n_train, streaming) if distiller.spec.ig else None
     device = setup_device(cfg.train.device, cfg.train.threads, cfg.train.deterministic)
     shape = data.train.image_shape
     student = distiller.student
@@ -111,4 +118,4 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         return info
 
     return run_fit(cfg, out, distiller, data, device, overlay, resume=resume, progress=progress,
-                   on_epoch_end=on_epoch_end, extra=extra)
+                   on_epoch_end=on_epoch_end, extra=extra, streaming=streaming)
