@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
@@ -94,23 +94,23 @@ def _labels(dataset: Dataset, name: str) -> torch.Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
 
 
-def streamed_dataset_from(parts: Sequence[Dataset], name: str = "dataset") -> ImageDataset:
-    """The ``(image, label)`` items of ``parts``, one after the other, as an :class:`ImageDataset` whose
-    images are read by position a batch at a time (:class:`~igkd.data.sources.DatasetRows`), never held
-    whole: the same pixels, positions and labels as :func:`image_dataset_from` gives in memory."""
-    from torch.utils.data import ConcatDataset
-
-    from ..data.sources import DatasetRows
-
-    for part in parts:
-        if not hasattr(part, "__len__") or not len(part):
-            raise DataError(f"{name}: a non-empty map-style Dataset (with __len__ and __getitem__) is needed")
-    y = torch.cat([_labels(part, name) for part in parts])
+def streamed_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
+    """The ``(image, label)`` items of ``dataset`` as an :class:`ImageDataset` whose images are read by
+    position a batch at a time (:class:`~igkd.data.sources.DatasetRows`), never held whole: the same
+    pixels, positions and labels as :func:`image_dataset_from` gives in memory."""
+    if not hasattr(dataset, "__len__") or not len(dataset):
+        raise DataError(f"{name}: a non-empty map-style Dataset (with __len__ and __getitem__) is needed")
+    y = _labels(dataset, name)
     if int(y.min()) < 0:
         raise DataError(f"{name}: labels must be 0..K-1, got {int(y.min())}")
-    x = DatasetRows(parts[0] if len(parts) == 1 else ConcatDataset(parts), image_of=_Pixels(name))
-    classes = list(getattr(parts[0], "classes", None) or [str(c) for c in range(int(y.max()) + 1)])
-    return ImageDataset(name, x, y, classes)
+    classes = list(getattr(dataset, "classes", None) or [str(c) for c in range(int(y.max()) + 1)])
+    return ImageDataset(name, _streamed_rows(dataset, name), y, classes)
+
+
+def _streamed_rows(dataset: Dataset, name: str):
+    from ..data.sources import DatasetRows
+
+    return DatasetRows(dataset, image_of=_Pixels(name))
 
 
 def convention_of(normalize: Normalize | None, channels: int) -> InputConvention:
@@ -134,15 +134,8 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
     ``normalize``: the ``(mean, std)`` the networks take (the teacher's, as it was trained); None feeds
     pixels in [0, 1] as they are.
     """
-    if streaming:
-        parts = [streamed_dataset_from([train], "train")]
-        if val is not None:
-            parts.append(streamed_dataset_from([val], "val"))
-            whole = streamed_dataset_from([train, val], "train")
-        else:
-            whole = parts[0]
-    else:
-        parts = [image_dataset_from(train, "train")] + ([image_dataset_from(val, "val")] if val is not None else [])
+    read = streamed_dataset_from if streaming else image_dataset_from
+    parts = [read(train, "train")] + ([read(val, "val")] if val is not None else [])
     tr = parts[0]
     shape = tr.image_shape
     for p in parts[1:]:
@@ -150,12 +143,12 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
             raise DataError(f"{p.name} images are {p.image_shape}, train images {shape}: use one size")
     num_classes = max(len(p.classes) for p in parts)
     classes = max((p.classes for p in parts), key=len)
-    if streaming:
-        whole.classes = classes
-    else:
-        whole = ImageDataset("train", torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), classes)
+    # training images first, then the validation images; labels as each part read them (once)
+    x = (_streamed_rows(ConcatDataset([train, val]) if val is not None else train, "train") if streaming
+         else torch.cat([p.x for p in parts]))
+    whole = ImageDataset("train", x, torch.cat([p.y for p in parts]), classes)
     if test is not None:
-        te = streamed_dataset_from([test], "test") if streaming else image_dataset_from(test, "test")
+        te = read(test, "test")
     else:
         te = ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
                           classes)
