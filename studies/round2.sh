@@ -23,10 +23,7 @@ done
 export PYTHONPATH="$WT/src"
 IGKD="$REPO/.venv/bin/python -m igkd.cli"
 CACHE=/root/.cache/igkd/ig   # part of the studies' recorded config: keep it
-$IGKD montecarlo -c paper-recipe-fashion-mnist --set ig.cache_dir=$CACHE --runs 10 \
-    --out "$OUT/paper-recipe" --workers 2 --threads-per-run 1 \
-    --methods student,kd,kd_ig,kd_ig+noise_maps,kd_ig+random_teacher_maps \
-    --contrasts kd_ig-kd,kd_ig-kd_ig+noise_maps,kd_ig-kd_ig+random_teacher_maps,kd-student
+# The converged study first (about 1.5 hours here), then the paper-recipe study (about 6 hours).
 BEST="$OUT/tune-converged/best.yaml"
 if [ ! -f "$BEST" ] && [ -f "$REPO/studies/converged/tune/best.yaml" ]; then
     mkdir -p "$OUT/tune-converged" && cp "$REPO/studies/converged/tune/best.yaml" "$BEST"  # the search is done
@@ -37,4 +34,8 @@ fi
 $IGKD montecarlo -c "$BEST" --runs 10 --out "$OUT/converged" --workers 2 \
     --threads-per-run 1 --methods student,kd,kd_ig,kd_ig+noise_maps,kd_ig+gradcam_maps,kd_ig+saliency_maps \
     --contrasts kd_ig-kd,kd_ig-kd_ig+noise_maps,kd_ig-kd_ig+gradcam_maps,kd_ig-kd_ig+saliency_maps
+$IGKD montecarlo -c paper-recipe-fashion-mnist --set ig.cache_dir=$CACHE --runs 10 \
+    --out "$OUT/paper-recipe" --workers 2 --threads-per-run 1 \
+    --methods student,kd,kd_ig,kd_ig+noise_maps,kd_ig+random_teacher_maps \
+    --contrasts kd_ig-kd,kd_ig-kd_ig+noise_maps,kd_ig-kd_ig+random_teacher_maps,kd-student
 echo "round 2 studies done"
