@@ -17,7 +17,14 @@ def require(path: Path, what: str) -> None:
         pytest.skip(f"{what} not at {path}")
 
 
+def _threads_per_worker() -> int:
+    """At most 2 threads for a test's torch; under pytest-xdist (the default, one worker per core) the cores
+    are shared among the workers, so that they do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _small_threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(_threads_per_worker())
     yield

@@ -9,7 +9,8 @@ from igkd.cli import main
 from .conftest import FASHION_MNIST, require
 
 SMALL = ["data.train_size=600", "data.test_size=500", "train.epochs=1", "teacher_train.epochs=1",
-         "teacher.width_mult=0.25", "train.device=cpu", "teacher_train.device=cpu", "ig.chunk_size=256"]
+         "teacher.width_mult=0.25", "train.device=cpu", "teacher_train.device=cpu", "ig.chunk_size=256",
+         "ig.n_steps=10"]  # the preset's 50 steps would only make the test slower
 
 
 def _sets(items):
@@ -65,7 +66,7 @@ def test_ig_store_matches_teacher_and_data(demo_dir):
     (store_dir,) = list((demo_dir / "ig").iterdir())
     store = MapStore.open(store_dir)
     assert store.shape == (600, 28, 28)
-    assert store.meta["n_steps"] == 50 and store.meta["method"] == "gausslegendre"
+    assert store.meta["n_steps"] == 10 and store.meta["method"] == "gausslegendre"
     teacher = json.loads(next(demo_dir.glob("teacher-*/summary.json")).read_text())
     assert store.meta["teacher_hash"] == teacher["teacher_hash"]
     assert store.meta["fingerprint"] == teacher["dataset_fingerprint"]

@@ -172,7 +172,7 @@ def test_kill_a_study_and_resume(setup):
     rng = random.Random("study")
     cmd = igkd("montecarlo", overrides, *args, "--out", str(cut))
     first = cut / "runs" / "student-k11-r000" / "summary.json"
-    assert kill_at_random(cmd, first, cut / "report-never", rng, window_s=per_run * 2.0)
+    assert kill_at_random(cmd, first, cut / "report-never", rng, window_s=per_run)
     finished = {p.parent.name: p.read_bytes() for p in (cut / "runs").glob("*/summary.json")}
     assert finished, "killed before any run finished"
     subprocess.run(cmd, check=True, capture_output=True)
