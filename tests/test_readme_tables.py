@@ -240,3 +240,19 @@ def test_readme_tables_are_what_the_studies_give(toy, tmp_path):
         doc = archive.path.parent.parent / "README-generated.md"
         doc.write_text(regenerate(README_TEMPLATE, doc.parent))
         _tables_checked_against_results(doc, study)
+
+
+def test_a_study_in_progress_says_so_and_the_others_still_answer(toy):
+    """One run per method so far: its contrasts table says there is no comparison yet, and in the answer table
+    it gets one row saying so, under the finished study's rows."""
+    tmp, command, _, _, archive = toy
+    repo = archive.path.parent.parent
+    one = [("1" if a == "3" and command[i - 1] == "--runs" else a) for i, a in enumerate(command)]
+    assert main([*one, "--out", str(tmp / "partial")]) == 0
+    archive_study(tmp / "partial", repo / "studies" / "partial")
+    assert render(Marker("contrasts", ("studies/partial",)), repo).startswith(
+        "*No comparison yet in studies/partial (k = 7:")
+    table = render(Marker("answer", ("studies/toy", "studies/partial")), repo)
+    toy_rows, partial_rows = md_rows(table, "studies/toy"), md_rows(table, "studies/partial")
+    assert len(toy_rows) == 1 and toy_rows[0][1] == "kd_ig - student" and toy_rows[0][2] == "3"
+    assert len(partial_rows) == 1 and partial_rows[0][1].startswith("no comparison yet (k = 7:")

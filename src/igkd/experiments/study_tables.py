@@ -22,7 +22,8 @@ Kinds:
     detectable effect at 80 % power, the runs that would detect the margin, and the verdict.
 ``answer STUDY [STUDY ...]``
     one row per planned comparison of every study: the difference with its 95 % CI, the verdict, and the
-    paper's figure for the same comparison (:data:`PAPER_FIGURES`) beside it.
+    paper's figure for the same comparison (:data:`PAPER_FIGURES`) beside it. A study with too few runs so
+    far gets one row that says so.
 
 ``contrasts`` and ``answer`` compare the test accuracy after the last epoch; ``value=best_val`` after the
 studies compares it at the best validation epoch instead (``test_acc_at_best_val``), e.g.
@@ -148,8 +149,9 @@ def answer_table(studies: list[Study], names: tuple[str, ...], column: str = "te
             label = name if len(study.groups) == 1 else f"{name} (k = {group})"
             try:
                 comparisons = _compare(study, group, column)
-            except NoComparison as exc:
-                raise NoComparison(f"{name}: {exc}") from None
+            except NoComparison as exc:  # a study in progress: says so in its row, the others still answer
+                rows.append([label, f"no comparison yet ({exc})", "-", "-", "-", "-", "-"])
+                continue
             for c in comparisons:
                 rows.append([label, f"{c['method']} - {c['baseline']}", str(c["n_a"]),
                              f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
