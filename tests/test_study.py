@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -76,6 +77,38 @@ def test_same_command_resumes_and_skips_finished_runs(study, capsys):
     code = main(["montecarlo", "-c", "cpu-fashion-mnist", "--methods", "student", "--runs", "2", "--unpaired",
                  "--out", str(study), "--workers", "1", *_sets(SMALL)])
     assert code == 2 and "another study" in capsys.readouterr().err
+
+
+def test_more_runs_of_some_methods_extend_the_study_and_their_comparisons(study, tmp_path, capsys):
+    """``--methods student,kd_ig --runs 3`` on the 2-run study adds one pair: results.csv keeps every part's runs,
+    study.json the union of methods and contrasts, and kd_ig - student is tested on 3 pairs while the control,
+    with 2 runs, is tested on its 2."""
+    from igkd.experiments import stats
+    from igkd.experiments.report_data import comparison_samples, load_study
+
+    ext = tmp_path / "study"
+    shutil.copytree(study, ext)
+    first = ["montecarlo", "-c", "cpu-fashion-mnist", "--out", str(ext), "--workers", "1", "--threads-per-run", "1",
+             *_sets(SMALL)]
+    assert main([*first, "--methods", "student,kd_ig", "--runs", "3", "--contrasts", "kd_ig-student"]) == 0
+    assert "4 runs, 4 already finished" not in capsys.readouterr().out
+    rows = _rows(ext)
+    assert sorted((r["method"], r["run"]) for r in rows) == sorted(
+        [(m, str(i)) for m in ("student", "kd_ig") for i in range(3)] + [("kd_ig+unrelated_maps", "0"),
+                                                                          ("kd_ig+unrelated_maps", "1")])
+    record = json.loads((ext / "study.json").read_text())
+    assert record["methods"] == ["student", "kd_ig", "kd_ig+unrelated_maps"] and record["runs"] == 3
+    assert record["baseline"] == "student" and record["contrasts"] == [["kd_ig", "student"]]
+    assert [p["runs"] for p in record["parts"]] == [2, 3]
+    loaded = load_study(ext)
+    samples = comparison_samples(loaded, loaded.groups[0])
+    n = {c["method"]: c["n_a"] for c in stats.compare_to_baseline(samples, "student", paired=True)}
+    assert n == {"kd_ig": 3, "kd_ig+unrelated_maps": 2}
+    # the first command again: nothing to run, and the extension's runs stay in results.csv
+    assert main([*first, "--methods", "student,kd_ig,kd_ig+unrelated_maps", "--runs", "2"]) == 0
+    assert "6 runs, 6 already finished" in capsys.readouterr().out
+    assert sorted(map(str, _rows(ext))) == sorted(map(str, rows))
+    assert len(json.loads((ext / "study.json").read_text())["parts"]) == 2
 
 
 def test_tensorboard_on_the_study_folder_compares_its_runs(study):

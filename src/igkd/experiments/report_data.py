@@ -322,15 +322,18 @@ def margin_note(study: Study) -> str:
 
 
 def comparison_samples(study: Study, group: str, column: str = "test_acc_last") -> dict[str, list[float]]:
-    """``{method: accuracies}`` of one k, baseline included: aligned by run when paired, and only
-    methods with at least two runs (fewer cannot be tested). ``column``: which accuracy of results.csv
+    """``{method: accuracies}`` of one k, baseline included (when paired, ``{method: {run: accuracy}}``:
+    each comparison uses the runs its two methods share), and only methods with at least two runs (fewer
+    cannot be tested). ``column``: which accuracy of results.csv
     (``test_acc_at_best_val``: at the best validation epoch)."""
-    if study.paired:
-        samples = stats.paired_samples(study.group_rows(group), value=column, key="run", group="method")
+    if study.paired:  # each comparison pairs the runs its two methods share (an extended study has more of some)
+        samples = stats.runs_by_group(study.group_rows(group), value=column, key="run", group="method")
     else:
         samples = {m: study.values(group, m, column) for m in study.methods}
     samples = {m: samples[m] for m in study.methods if len(samples.get(m, [])) >= 2}
-    if study.baseline not in samples or len(samples) < 2:
+    base = samples.get(study.baseline, {})
+    if len(samples) < 2 or (study.paired and not any(len(set(base) & set(s)) >= 2 for m, s in samples.items()
+                                                     if m != study.baseline)) or study.baseline not in samples:
         raise ValueError(f"{study.baseline} and at least one other method need two or more "
                          "runs" + (" in common" if study.paired else ""))
     return samples

@@ -4,7 +4,9 @@ Each method is run several times (one test accuracy in percent per run). ``descr
 one method, ``compare`` tests one method against a baseline (paired when run ``i`` of both methods
 shared its seed, data subset and initialisation, unpaired otherwise), ``compare_to_baseline`` does
 that for every method with a Holm correction across the comparisons, and ``paired_samples`` turns
-result rows (e.g. from ``csv.DictReader``) into aligned per-method samples.
+result rows (e.g. from ``csv.DictReader``) into aligned per-method samples; ``runs_by_group`` keeps each
+method's runs by run key, so that each paired comparison uses the runs its two methods share (a study
+extended with more runs of some methods).
 
 With a ``margin`` (percentage points) every comparison also carries an equivalence test (TOST:
 ``equivalence``), its power (``power``: the smallest difference the study could detect, and the runs
@@ -30,7 +32,7 @@ from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 __all__ = ["DEFAULT_MARGIN", "VERDICT_RULE", "VERDICTS", "compare", "compare_pairs", "compare_to_baseline", "describe",
-           "equivalence", "paired_samples", "power", "verdict"]
+           "equivalence", "paired_samples", "power", "runs_by_group", "verdict"]
 
 # The paper's KD+IG - KD (92.02 - 91.62 %): the effect a study should be able to confirm or exclude.
 DEFAULT_MARGIN = 0.40
@@ -282,7 +284,8 @@ def compare_pairs(
 ) -> list[dict]:
     """``compare`` each ``(method, baseline)`` pair (planned contrasts: difference = method - baseline)
     and Holm-correct the p-values across the pairs. Each result carries the fields of
-    ``compare_to_baseline``'s.
+    ``compare_to_baseline``'s. A sample is a sequence, or a mapping of run key to value
+    (:func:`runs_by_group`): two mappings are compared on the runs both have, in run order.
 
     With a ``margin`` (percentage points) each result also carries ``equivalence``'s fields (TOST at
     ``alpha``, not adjusted: each equivalence claim is an intersection of two tests that needs no
@@ -298,12 +301,13 @@ def compare_pairs(
         raise ValueError(f"{', '.join(absent)} not among the methods with runs ({', '.join(samples)})")
     results = []
     for method, baseline in pairs:
+        a, b = _aligned(samples[method], samples[baseline])
         try:
-            res = compare(samples[method], samples[baseline], paired=paired, confidence=confidence)
+            res = compare(a, b, paired=paired, confidence=confidence)
         except ValueError as exc:
             raise ValueError(f"{method} vs {baseline}: {exc}") from None
         if margin is not None:
-            res.update(equivalence(samples[method], samples[baseline], paired, margin, alpha))
+            res.update(equivalence(a, b, paired, margin, alpha))
             res.update(power(res["sd"], res["n_a"], res["n_b"], paired, margin, alpha))
         results.append({"method": method, "baseline": baseline, **res})
     p_holm = _holm([r["p"] for r in results], alpha)
@@ -440,6 +444,14 @@ def _run_order(run: str) -> tuple[int, float, str]:
         return 1, 0.0, run
 
 
+def _aligned(a: Sequence[float] | Mapping[str, float], b: Sequence[float] | Mapping[str, float]):
+    """Two samples as lists; two mappings of run key to value keep the runs both have, in run order."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        common = sorted(set(a) & set(b), key=_run_order)
+        return [a[r] for r in common], [b[r] for r in common]
+    return (list(a.values()) if isinstance(a, Mapping) else a), (list(b.values()) if isinstance(b, Mapping) else b)
+
+
 def paired_samples(
     rows: Iterable[Mapping[str, Any]],
     value: str = "test_acc_last",
@@ -452,6 +464,22 @@ def paired_samples(
     run. Run keys are matched as text (csv rows give strings) and ordered numerically when they
     are numbers. Methods keep the order in which they first appear.
     """
+    by_group = runs_by_group(rows, value, key, group)
+    common = set.intersection(*(set(runs) for runs in by_group.values()))
+    if not common:
+        raise ValueError(f"no {key} is present for every {group} ({list(by_group)})")
+    order = sorted(common, key=_run_order)
+    return {method: [runs[r] for r in order] for method, runs in by_group.items()}
+
+
+def runs_by_group(
+    rows: Iterable[Mapping[str, Any]],
+    value: str = "test_acc_last",
+    key: str = "run",
+    group: str = "method",
+) -> dict[str, dict[str, float]]:
+    """Build ``{method: {run: value}}`` from result rows (runs in run order; methods in the order in which
+    they first appear); ``compare_pairs`` pairs two such samples on the runs they share."""
     by_group: dict[str, dict[str, float]] = {}
     for i, row in enumerate(rows):
         missing = [c for c in (value, key, group) if c not in row]
@@ -471,8 +499,5 @@ def paired_samples(
         runs[run] = v
     if not by_group:
         raise ValueError("no rows")
-    common = set.intersection(*(set(runs) for runs in by_group.values()))
-    if not common:
-        raise ValueError(f"no {key} is present for every {group} ({list(by_group)})")
-    order = sorted(common, key=_run_order)
-    return {method: [runs[r] for r in order] for method, runs in by_group.items()}
+    return {method: dict(sorted(runs.items(), key=lambda item: _run_order(item[0])))
+            for method, runs in by_group.items()}

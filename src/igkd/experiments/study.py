@@ -235,36 +235,52 @@ def _run_study(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thr
                address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None) -> list[dict]:
     cfg = copy.deepcopy(cfg)
     cfg.train.subset_fraction = plan.train_fraction
-    _claim(out, cfg, plan)
+    parts = _claim(out, cfg, plan)
     with StudyTracker(cfg, out, ("study.json", "results.csv")) as tracker:  # MLflow: the parent of its runs
         tracker.start(plan.kind, {"plan": asdict(plan)})
-        return _run_jobs(tracker.nest(cfg), plan, out, workers, threads_per_run, address, progress, on_result)
+        return _run_jobs(tracker.nest(cfg), plan, out, workers, threads_per_run, address, progress, on_result,
+                         parts)
+
+
+def plan_jobs(plan: StudyPlan, methods: list[str] | None = None, runs: int | None = None,
+              remove_blocks: list[int] | None = None) -> list[Job]:
+    """The runs of ``plan`` (or of one part of its study: other methods, runs or depths, the same seeds)."""
+    arms = plan.arms if methods is None else [Arm.parse(m) for m in methods]
+    return [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
+            for k in (plan.remove_blocks if remove_blocks is None else remove_blocks)
+            for i in range(plan.runs if runs is None else runs) for arm in arms]
 
 
 def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, threads_per_run: int | None,
-              address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None) -> list[dict]:
+              address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None,
+              parts: list[dict] | None = None) -> list[dict]:
     cfg = prepare_shared(cfg, out, plan.arms, progress)
 
-    jobs = [Job(arm, k, i, plan.seed_of(arm, k, i), f"runs/{arm.name}-k{k}-r{i:03d}")
-            for k in plan.remove_blocks for i in range(plan.runs) for arm in plan.arms]
+    jobs = plan_jobs(plan)
+    # results.csv holds every part of the study: the runs of earlier commands on this folder too
+    every = list({j.run_dir: j for part in parts or [] for j in plan_jobs(plan, part["methods"], part["runs"],
+                                                                       part["remove_blocks"])}.values())
+    every += [j for j in jobs if j.run_dir not in {e.run_dir for e in every}]
     todo = [j for j in jobs if not RunDir(out / j.run_dir).complete]
     print(f"study {out}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished", flush=True)
 
     def finished(job: Job, summary: dict) -> None:
-        rows = write_results(out, jobs)
+        rows = write_results(out, every)
+        done = sum(RunDir(out / j.run_dir).complete for j in jobs)
         print(f"  done {job.run_dir}: test accuracy {summary['test_acc_last']:.2f} % "
-              f"({len(rows)}/{len(jobs)} runs finished)", flush=True)
+              f"({done}/{len(jobs)} runs finished{f'; {len(rows)} in the study' if len(every) > len(jobs) else ''})",
+              flush=True)
         if on_result is not None:
             on_result(summary)
 
     if not todo:
-        return write_results(out, jobs)
+        return write_results(out, every)
     if workers == 1:
         for job in todo:
             finished(job, run_job(job.config(cfg).to_dict(), str(out / job.run_dir), threads_per_run))
     else:
         _run_on_ray(cfg, out, todo, workers, threads_per_run, address, finished)
-    return write_results(out, jobs)
+    return write_results(out, every)
 
 
 def prepare_shared(cfg: Config, out: Path, arms: Iterable[Arm], progress: bool | None = None) -> Config:
@@ -365,12 +381,18 @@ def ray_result(ref, label: str) -> dict:
         raise RuntimeError(f"{label} failed: {cause or e}") from None
 
 
-def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
-    """Write study.json, or check that the study already in ``out`` is this one."""
+def _claim(out: Path, cfg: Config, plan: StudyPlan) -> list[dict]:
+    """Write study.json, or check that the study already in ``out`` is this one; return the study's parts.
+
+    More runs, methods or depths extend a study (what was run stays valid): each command's methods, runs and
+    depths are one part (``parts`` in study.json), results.csv holds the runs of every part, and the study's
+    methods, depths and planned contrasts are the union of its parts' (its baseline and the first contrasts
+    stay), so that e.g. ``--methods kd,kd_ig --runs 20`` on a 10-run study adds ten pairs to kd_ig - kd."""
+    part = {"methods": list(plan.methods), "runs": plan.runs, "remove_blocks": list(plan.remove_blocks)}
     record = {"kind": plan.kind, "plan": asdict(plan), "methods": plan.methods, "runs": plan.runs,
               "remove_blocks": plan.remove_blocks, "paired": plan.paired, "train_fraction": plan.train_fraction,
               "baseline": plan.baseline, "contrasts": [list(c) for c in plan.contrasts], "margin": plan.margin,
-              "dataset": cfg.data.name, "config": cfg.to_dict()}
+              "dataset": cfg.data.name, "config": cfg.to_dict(), "parts": [part]}
     old = read_study(out)
     if old:
         try:  # a config saved by an older igkd gains the defaults of keys added since
@@ -380,9 +402,21 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> None:
         if not same_config or old.get("plan", {}).get("paired") != plan.paired \
                 or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
-        # More runs, methods or depths extend a study; what was run stays valid.
+        parts = old.get("parts") or [{"methods": old["methods"], "runs": old["runs"],
+                                      "remove_blocks": old["remove_blocks"]}]  # a study.json of an older igkd
+        parts += [part] if part not in parts else []
+        contrasts = [list(c) for c in old.get("contrasts") or []]
+        record.update(
+            parts=parts, baseline=old.get("baseline") or plan.baseline,
+            methods=list(dict.fromkeys(m for p in parts for m in p["methods"])),
+            runs=max(p["runs"] for p in parts),
+            remove_blocks=sorted({k for p in parts for k in p["remove_blocks"]}),
+            contrasts=contrasts + [c for c in record["contrasts"] if c not in contrasts])
+        if "teacher" in old:
+            record["teacher"] = old["teacher"]
     ensure_dir(out)
     write_checked_json(out / "study.json", record)
+    return record["parts"]
 
 
 # --------------------------------------------------------------------------------------------------
