@@ -77,6 +77,8 @@ def test_archive_holds_the_text_files_and_no_weights(toy):
     assert (dest / "results.csv").read_bytes() == (study / "results.csv").read_bytes()
     # the search: its files and each trial's text files, with its own report
     assert {"tune/tune.json", "tune/trials.csv", "tune/trials.csv.sha256", "tune/best.yaml", "tune/report.md"} <= files
+    tune_report = (dest / "tune" / "report.md").read_text()
+    assert "studies/toy/tune/best.yaml" in tune_report and ".tmp" not in tune_report  # where it ends up
     trials = [f for f in files if f.startswith("tune/trials/") and f.endswith("summary.json")]
     assert len(trials) == archive.trials == 1
     manifest = check_archive(dest)

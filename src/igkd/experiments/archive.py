@@ -87,7 +87,7 @@ def archive_study(src: str | Path, dest: str | Path, tune: str | Path | None = N
         trials = 0
         if tune is not None:
             trials = _copy_tune(Path(tune), tmp / "tune")
-            write_report(tmp / "tune", html=False, name=f"{dest.name}/tune")
+            write_report(tmp / "tune", html=False, name=f"{dest.parent.name}/{dest.name}/tune")
         write_report(tmp, margin=margin, html=False, name=dest.name)
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         write_checked_json(tmp / MANIFEST, {

@@ -59,12 +59,13 @@ def write_report(study_dir: str | Path, margin: float | None = None, html: bool 
     """Write ``report.html`` and ``report.md`` (plus ``report_files/``) into a study directory or a search
     directory (``igkd tune``: one with ``tune.json``). ``margin`` (points) overrides the equivalence
     margin the study recorded (a search has none); ``html=False`` writes the Markdown only (returning None
-    for the HTML); ``name`` is the study's name in the title (default: the folder's)."""
+    for the HTML); ``name`` is the study's name in the title (default: the folder's), and where a search's
+    report says its best.yaml is."""
     folder = Path(study_dir)
     if (folder / "tune.json").is_file():
         from .tune_report import tune_sections
 
-        sections, title = tune_sections(folder), f"igkd search report: {name or folder.resolve().name}"
+        sections, title = tune_sections(folder, name), f"igkd search report: {name or folder.resolve().name}"
     else:
         study = load_study(folder, margin)
         sections, title = build_sections(study), f"igkd study report: {name or study.dir.resolve().name}"

@@ -23,13 +23,14 @@ NUMBER_COLUMNS = ("number", "val_acc", "test_acc", "test_acc_last", "best_epoch"
                   "duplicate_of")
 
 
-def tune_sections(folder: str | Path) -> list[Section]:
+def tune_sections(folder: str | Path, shown: str | Path | None = None) -> list[Section]:
+    """The search report's sections; ``shown`` is the folder as the report names it (default: ``folder``)."""
     folder = Path(folder)
     meta, raw = read_tune(folder)
     rows = [_parse(r) for r in raw]
     space = {key: [value_text(v) for v in values] for key, values in (meta.get("space") or {}).items()}
     complete = [r for r in rows if r.get("state") == "complete" and _finite(r.get("val_acc"))]
-    sections = [header_section(meta, rows, space), chosen_section(meta, folder), trials_section(rows, space)]
+    sections = [header_section(meta, rows, space), chosen_section(meta, Path(shown or folder)), trials_section(rows, space)]
     runs = [r for r in complete if r.get("duplicate_of") is None]  # each run once
     if runs:
         sections.append(parameter_plots_section(runs, space, meta.get("best")))
