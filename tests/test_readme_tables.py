@@ -258,3 +258,25 @@ def test_a_study_in_progress_says_so_and_the_others_still_answer(toy):
     toy_rows, partial_rows = md_rows(table, "studies/toy"), md_rows(table, "studies/partial")
     assert len(toy_rows) == 1 and toy_rows[0][1] == "kd_ig - student" and toy_rows[0][2] == "3"
     assert len(partial_rows) == 1 and partial_rows[0][1].startswith("no comparison yet (k = 7:")
+
+
+def test_a_contrast_still_waiting_for_runs_is_named_and_the_others_are_tested(toy, tmp_path):
+    """The toy study extended by one run of a noise-map arm and a contrast with it: kd_ig - student is tested
+    (3 pairs), kd_ig - kd_ig+noise_maps is named as not compared yet, in both kinds of table."""
+    tmp, command, study, _, archive = toy
+    repo = archive.path.parent.parent
+    mixed = tmp_path / "mixed"
+    shutil.copytree(study, mixed)
+    swap = {"student,kd_ig": "student,kd_ig,kd_ig+noise_maps", "3": "1", "kd_ig-student": "kd_ig-kd_ig+noise_maps"}
+    extended = [swap.get(a, a) if i and command[i - 1] in ("--methods", "--runs", "--contrasts") else a
+                for i, a in enumerate(command)]
+    assert main([*extended, "--out", str(mixed)]) == 0
+    archive_study(mixed, repo / "studies" / "mixed")
+    contrasts = render(Marker("contrasts", ("studies/mixed",)), repo)
+    table, note = contrasts.split("\n\n")
+    assert md_rows(table, "kd_ig - student")[0][1] == "3" and "noise" not in table
+    assert contrasts.endswith("*Not compared yet (fewer than two runs so far): kd_ig - kd_ig+noise_maps; "
+                              "Holm's correction covers the comparisons above.*")
+    answer = md_rows(render(Marker("answer", ("studies/mixed",)), repo), "studies/mixed")
+    assert [(r[1], r[3]) for r in answer][1] == ("kd_ig - kd_ig+noise_maps", "-")
+    assert answer[1][4] == "no comparison yet" and answer[0][1] == "kd_ig - student" and answer[0][2] == "3"
