@@ -74,13 +74,24 @@ def _setup(method: str = "kd_ig_at", n_train: int = 84, student_bn: bool = False
     return distiller, data, maps
 
 
+_READS: list[int] = []  # the rows of train.npy read by _LoggedRows, in this process
+
+
+class _LoggedRows(NpyRows):
+    """NpyRows that notes every row of the file it reads (to see which rows a rank reads)."""
+
+    def read(self, positions):
+        _READS.extend(self._file_rows(np.asarray(positions, dtype=np.int64).reshape(-1)).tolist())
+        return super().read(positions)
+
+
 def _on_disk(data: TrainingData, maps: torch.Tensor, folder: Path) -> tuple[TrainingData, NpyRows]:
     """The same data written to .npy files and read back from disk a batch at a time (as a cache is)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, t in (("train", data.train.x), ("test", data.test.x), ("maps", maps)):
         np.save(folder / f"{name}.npy", t.numpy())
-    train, test = (ImageDataset("toy", NpyRows(folder / f"{s}.npy"), d.y, d.classes) for s, d in
-                   (("train", data.train), ("test", data.test)))
+    train, test = (ImageDataset("toy", (_LoggedRows if s == "train" else NpyRows)(folder / f"{s}.npy"), d.y, d.classes)
+                   for s, d in (("train", data.train), ("test", data.test)))
     return TrainingData(train, test, data.train_pos, data.val_pos, data.convention), NpyRows(folder / "maps.npy")
 
 
@@ -111,7 +122,9 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     with distributed.session(torch.device("cpu")) as ctx:
         assert ctx.world_size == world_size and ctx.backend == "gloo"
         history, weights = _train(tmp_path / "ddp", checkpoint_every=2)
+        _READS.clear()
         streamed_history, streamed = _train(tmp_path / "ddp-streamed", checkpoint_every=2, streamed=True)
+        reads = list(_READS)
         # A crash of every rank at the 5th metric reduction: epoch 2, before its step-4 checkpoint.
         original, calls = trainer._sum_over_ranks, []
 
@@ -131,7 +144,7 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
         resumed_history, resumed = _train(tmp_path / "cut", resume=True, checkpoint_every=2)
         torch.save({"history": history, "weights": weights, "resumed_history": resumed_history,
                     "resumed": resumed, "partial_steps": partial and partial["steps"],
-                    "streamed_history": streamed_history, "streamed": streamed},
+                    "streamed_history": streamed_history, "streamed": streamed, "reads": reads},
                    tmp_path / f"rank{rank}.pt")
 
 
@@ -170,6 +183,13 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_bitwise(t
     for r in ranks:
         assert _strip(r["streamed_history"]) == _strip(r["history"])
         assert all(torch.equal(r["streamed"][k], r["weights"][k]) for k in single)
+    # ... and reads only its part: together the two read each row exactly as often as one process does
+    # (training batches, and validation, over 2 epochs), each about half of it.
+    _READS.clear()
+    _train(tmp_path / "single-streamed", streamed=True)
+    one = sorted(_READS)
+    assert sorted(ranks[0]["reads"] + ranks[1]["reads"]) == one
+    assert all(0.4 * len(one) <= len(r["reads"]) <= 0.6 * len(one) for r in ranks)
 
 
 def test_a_run_streamed_from_disk_is_the_in_memory_run_bit_for_bit(tmp_path):
