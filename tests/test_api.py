@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -362,18 +363,20 @@ def test_fit_streamed_from_the_users_datasets_is_the_in_memory_run(tmp_path):
     train, val, test = _toy(40, 12, 0), _toy(12, 12, 1), _toy(12, 12, 2)
     store = igkd.compute_maps(teacher, train, tmp_path / "maps", n_steps=4, chunk_size=16)
 
-    def run(name: str, streaming: bool) -> dict:
+    def run(name: str, streaming: bool, loader_workers: int = 0) -> dict:
         torch.manual_seed(1)
         distiller = igkd.Distiller(igkd.create_student(teacher, remove_blocks=13), teacher, "kd_ig")
         return igkd.fit(distiller, train, val, test, out=tmp_path / name, maps=store, streaming=streaming,
-                        batch_size=16, device="cpu", threads=1, epochs=2,
+                        batch_size=16, device="cpu", threads=1, epochs=2, loader_workers=loader_workers,
                         augment={"crop_padding": 1, "overlay_p": 0.5})
 
     memory, streamed = run("memory", False), run("streamed", True)
-    a, b = (torch.load(tmp_path / d / "model.pt")["model"] for d in ("memory", "streamed"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    workers = run("workers", True, loader_workers=2)  # two DataLoader processes read the batches instead
+    a, b, c = (torch.load(tmp_path / d / "model.pt")["model"] for d in ("memory", "streamed", "workers"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     for key in ("test_acc_last", "val_acc_best", "test_acc_at_best_val", "train_images", "val_images"):
-        assert memory[key] == streamed[key], key
+        assert memory[key] == streamed[key] == workers[key], key
+    assert yaml.safe_load((tmp_path / "workers" / "config.yaml").read_text())["data"]["loader_workers"] == 2
     on_device = [json.loads((tmp_path / d / "env.json").read_text())["fast_path"]["data_on_device"]
                  for d in ("memory", "streamed")]
     assert on_device == [True, False]  # each run records where its data lived

@@ -86,10 +86,11 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 # Keys added after run identities were first pinned (tests/test_config.py): part of a run's identity only
 # when set away from their defaults (Config.identity).
 LATER_KEYS = (("ig", "teacher_weights"), ("ig", "random_teacher_seed"), ("train", "test_eval"),
-              ("teacher_train", "test_eval"), ("data", "streaming"), ("augment", "crop_padding_for"))
+              ("teacher_train", "test_eval"), ("data", "streaming"), ("augment", "crop_padding_for"),
+              ("data", "loader_workers"))
 # Keys that say where a run's data lives, not what it computes (the same seed gives the same run either way):
 # never part of its identity.
-PLACEMENT_KEYS = (("data", "streaming"),)
+PLACEMENT_KEYS = (("data", "streaming"), ("data", "loader_workers"))
 Strides = Annotated[list[Literal[1, 2]], Field(min_length=5, max_length=5)]
 Side = Annotated[int, Field(ge=1, le=8192)]
 ModuleName = Annotated[str, Field(min_length=1)]
@@ -115,6 +116,10 @@ class DataConfig(BaseModel):
         "cache built on first use; false: hold them in memory (and on the device); auto: stream when they "
         "would fill more than half the free memory (a printed line says so). The same seed gives the same "
         "run either way")
+    loader_workers: Annotated[int, Field(ge=0, le=256)] = Field(
+        0, description="a streamed run's training batches are read ahead by this many DataLoader worker "
+        "processes; 0: by one background thread (enough for the decoded cache; a dataset that decodes as it "
+        "reads gains from a few). The same run either way")
 
 
 class TeacherConfig(BaseModel):

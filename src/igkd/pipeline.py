@@ -516,7 +516,8 @@ def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingDa
         t0 = time.perf_counter()
         history = fit(distiller, data, tc, augment_for(cfg, data.train.image_shape[1:]), run, device, maps=maps,
                       resume=resume, progress=progress, desc=distiller.method,
-                      on_epoch_end=tracker.follow(on_epoch_end))
+                      on_epoch_end=tracker.follow(on_epoch_end),
+                      loader_workers=cfg.data.loader_workers)
         more = extra(history) if extra is not None else {}
         return _finish(run, history, tracker, ctx=ctx, extra={
             **more, "wall_time_s": time.perf_counter() - t0, "seed": tc.seed})

@@ -49,7 +49,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         out: str | os.PathLike, epochs: int = 100, maps: MapStore | torch.Tensor | None = None,
         normalize: Normalize | None = None, augment: Mapping[str, Any] | None = None, resume: bool = False,
         progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
-        streaming: bool = False, **options: Any) -> dict:
+        streaming: bool = False, loader_workers: int = 0, **options: Any) -> dict:
     """Train ``distiller.student`` with igkd's loop; write the run directory ``out``; return its summary.
 
     The loop is the one ``igkd distill`` runs: the data held as uint8 on the device, whole-batch crops,
@@ -79,6 +79,9 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
             thread, instead of holding them in memory: for data larger than memory. The same run, bit for
             bit (the epoch plan does not depend on where the data lives). Labels are read once first: a
             dataset's ``targets`` when it has them, else one pass over its items.
+        loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the training
+            batches ahead of the loop; 0: one background thread. The same run either way (config key
+            ``data.loader_workers``).
         **options: keys of the config's ``train`` section: ``batch_size`` (64), ``lr`` (1e-3), ``optimizer``
             (``adam`` or ``sgd``), ``schedule`` (``constant`` or ``cosine``), ``weight_decay``, ``seed`` (0),
             ``device`` (``auto``), ``threads``, ``amp``, ``channels_last``, ``compile``, ``checkpoint_every``,
@@ -98,6 +101,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     cfg = config_from_dict({
         "train": {"epochs": epochs, **options},
         "augment": dict(augment or {}),
+        "data": {"loader_workers": loader_workers},
         "distill": {"method": distiller.method, "alpha": distiller.settings["alpha"],
                     "temperature": distiller.settings["temperature"], "gamma": distiller.settings["gamma"],
                     "teacher_runtime": distiller.runtime},

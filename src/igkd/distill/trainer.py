@@ -122,6 +122,7 @@ def fit(
     progress: bool | None = None,
     desc: str = "train",
     source: BatchSource | None = None,
+    loader_workers: int = 0,
 ) -> list[dict]:
     """Train ``distiller.student`` for ``cfg.epochs``; return the per-epoch history.
 
@@ -129,7 +130,8 @@ def fit(
     Every random draw of epoch e comes from generators seeded by (seed, e), and the checkpoint after
     each epoch holds everything else, so a resumed run ends exactly where an uninterrupted one does.
     The batches come from ``source`` (by default :func:`batch_source`: the whole data set on ``device``
-    as uint8 when it is in memory, else read from disk a batch at a time, ahead of the loop); an epoch's
+    as uint8 when it is in memory, else read from disk a batch at a time, ahead of the loop, by a thread or
+    ``loader_workers`` DataLoader processes); an epoch's
     order and augmentation draws are made on the host once, at its start, whatever the source, so both
     give the same run bit for bit, and a step reads nothing back from the device (except the loss check,
     ``cfg.check_finite_every``).
@@ -157,7 +159,7 @@ def fit(
     if cfg.compile:
         step_module.compile()
     maps = maps if distiller.spec.ig and aug.overlay_p > 0 else None
-    source = source or batch_source(data, maps, device)
+    source = source or batch_source(data, maps, device, workers=loader_workers)
     on_device = _EvalData.of(data, device, source)
     guard = FiniteGuard(cfg.check_finite_every, ctx, run.checkpoint, desc)
 
