@@ -54,6 +54,7 @@ def test_the_cache_of_an_image_folder_is_the_in_memory_load_and_is_built_once(tm
 
 def test_a_killed_build_resumes_and_a_changed_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "CHUNK_BYTES", 3 * 12 * 12 * 10)  # chunks of 10 images
+    monkeypatch.setenv("IGKD_DECODE_THREADS", "3")  # each chunk decoded in 3 slices at once
     root = write_image_folder(tmp_path / "folder", sizes=(12,), per_class=8)  # 32 training images: 4 chunks
     source = load_dataset.__globals__["_folder_source"]("train", root, None)
     shape, read = source.layout()
@@ -76,11 +77,12 @@ def test_a_killed_build_resumes_and_a_changed_cache_is_refused(tmp_path, monkeyp
     resumed_calls = []
 
     def counting_layout():
-        return shape, lambda s, e: resumed_calls.append(s) or read(s, e)
+        return shape, lambda s, e: resumed_calls.append((s, e)) or read(s, e)
 
     ds = cache.open_or_build(folder, cache.CacheSource(source.name, source.key, source.labels, source.classes,
                                                        counting_layout))
-    assert resumed_calls == [20, 30]  # only the chunks without a record
+    # only the chunks without a record (20..29 in 3 slices, 30..31 in 2), read once each
+    assert sorted(resumed_calls) == [(20, 23), (23, 27), (27, 30), (30, 31), (31, 32)]
     assert torch.equal(ds.x[:], load_dataset("image_folder", "train", root=root).x)
 
     other = cache.CacheSource(source.name, {**source.key, "files": "another listing"}, source.labels,
@@ -216,3 +218,13 @@ def test_the_imagenet_evaluation_set_streams_from_its_cache(tmp_path):
     assert streamed.on_disk and torch.equal(streamed.x[:], in_memory.x)
     assert torch.equal(streamed.index, in_memory.index) and torch.equal(streamed.y, in_memory.y)
     assert streamed.fingerprint() == in_memory.fingerprint()
+
+
+def test_decode_threads_come_from_the_cpus_or_the_environment(monkeypatch):
+    monkeypatch.delenv("IGKD_DECODE_THREADS", raising=False)
+    assert 1 <= cache.decode_threads() <= 8
+    monkeypatch.setenv("IGKD_DECODE_THREADS", "5")
+    assert cache.decode_threads() == 5
+    monkeypatch.setenv("IGKD_DECODE_THREADS", "many")
+    with pytest.raises(DataError, match="IGKD_DECODE_THREADS must be a whole number, got 'many'"):
+        cache.decode_threads()
