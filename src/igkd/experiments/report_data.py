@@ -331,9 +331,9 @@ def comparison_samples(study: Study, group: str, column: str = "test_acc_last") 
     else:
         samples = {m: study.values(group, m, column) for m in study.methods}
     samples = {m: samples[m] for m in study.methods if len(samples.get(m, [])) >= 2}
-    base = samples.get(study.baseline, {})
-    if len(samples) < 2 or (study.paired and not any(len(set(base) & set(s)) >= 2 for m, s in samples.items()
-                                                     if m != study.baseline)) or study.baseline not in samples:
+    base = samples.get(study.baseline)
+    others = [s for m, s in samples.items() if m != study.baseline]
+    if base is None or not others or (study.paired and not any(len(set(base) & set(s)) >= 2 for s in others)):
         raise ValueError(f"{study.baseline} and at least one other method need two or more "
                          "runs" + (" in common" if study.paired else ""))
     return samples

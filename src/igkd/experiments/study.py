@@ -253,14 +253,13 @@ def plan_jobs(plan: StudyPlan, methods: list[str] | None = None, runs: int | Non
 
 def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, threads_per_run: int | None,
               address: str | None, progress: bool | None, on_result: Callable[[dict], None] | None,
-              parts: list[dict] | None = None) -> list[dict]:
+              parts: list[dict]) -> list[dict]:
     cfg = prepare_shared(cfg, out, plan.arms, progress)
 
     jobs = plan_jobs(plan)
-    # results.csv holds every part of the study: the runs of earlier commands on this folder too
-    every = list({j.run_dir: j for part in parts or [] for j in plan_jobs(plan, part["methods"], part["runs"],
-                                                                       part["remove_blocks"])}.values())
-    every += [j for j in jobs if j.run_dir not in {e.run_dir for e in every}]
+    # results.csv holds every part of the study (this command's is among them): earlier commands' runs too
+    every = list({j.run_dir: j for part in parts for j in plan_jobs(plan, part["methods"], part["runs"],
+                                                                    part["remove_blocks"])}.values())
     todo = [j for j in jobs if not RunDir(out / j.run_dir).complete]
     print(f"study {out}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished", flush=True)
 

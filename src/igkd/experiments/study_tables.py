@@ -110,23 +110,28 @@ def render(marker: Marker, root: str | Path) -> str:
     if marker.kind == "summary":
         return _md(_by_group(studies[0], lambda g: summary_table(studies[0], g)))
     column = VALUES[marker.value]
+    note = ""
     if marker.kind == "contrasts":
         study = studies[0]
+        waiting: list[str] = []
+
+        def table_of(group: str) -> Table:
+            results, later = _compare(study, group, column)
+            waiting.extend(f"{a} - {b}" for a, b in later)
+            return equivalence_table(study, results)
+
         try:
-            table = _by_group(study, lambda g: equivalence_table(study, _compare(study, g, column)))
+            table = _by_group(study, table_of)
         except NoComparison as exc:  # a study in progress: too few runs so far
             return f"*No comparison yet in {marker.studies[0]} ({exc}).*"
-        waiting = [w for g in study.groups for w in _waiting(study, g, column)]
         if waiting:  # in progress: say what is not in the table (and that Holm covers only what is)
-            if marker.value != "last":
-                table.headers = [h.replace("mean diff", "mean diff @ best val") for h in table.headers]
-            return _md(table) + (f"\n\n*Not compared yet (fewer than two runs so far): {', '.join(waiting)}; "
-                                 "Holm's correction covers the comparisons above.*")
+            note = (f"\n\n*Not compared yet (fewer than two runs so far): {', '.join(waiting)}; "
+                    "Holm's correction covers the comparisons above.*")
     else:
         table = answer_table(studies, marker.studies, column)
     if marker.value != "last":  # the table says what it compares, not only its (hidden) marker
         table.headers = [h.replace("mean diff", "mean diff @ best val") for h in table.headers]
-    return _md(table)
+    return _md(table) + note
 
 
 def regenerate(text: str, root: str | Path) -> str:
@@ -155,47 +160,31 @@ def answer_table(studies: list[Study], names: tuple[str, ...], column: str = "te
         for group in study.groups:
             label = name if len(study.groups) == 1 else f"{name} (k = {group})"
             try:
-                comparisons = _compare(study, group, column)
+                comparisons, waiting = _compare(study, group, column)
             except NoComparison as exc:  # a study in progress: says so in its row, the others still answer
                 rows.append([label, f"no comparison yet ({exc})", "-", "-", "-", "-", "-"])
                 continue
-            for w in _waiting(study, group, column):
-                comparisons.append({"waiting": w})
             for c in comparisons:
-                if "waiting" in c:
-                    rows.append([label, c["waiting"], "-", "-", "no comparison yet", "-",
-                                 PAPER_FIGURES.get(tuple(c["waiting"].split(" - ")), "-")])
-                    continue
                 rows.append([label, f"{c['method']} - {c['baseline']}", str(c["n_a"]),
                              f"{fmt(c['mean_diff'], signed=True)} {fmt_ci(c['diff_ci_low'], c['diff_ci_high'])}",
                              verdict_text(c), fmt(c["mde"]), PAPER_FIGURES.get((c["method"], c["baseline"]), "-")])
+            for a, b in waiting:
+                rows.append([label, f"{a} - {b}", "-", "-", "no comparison yet", "-", PAPER_FIGURES.get((a, b), "-")])
     return Table(headers, rows, align="llrllrl")
 
 
-
-def _compare(study: Study, group: str, column: str) -> list[dict]:
+def _compare(study: Study, group: str, column: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """The planned comparisons of one k (else each method against the baseline) of ``column``, with the
-    study's margin. In a study still running, a contrast whose methods have fewer than two runs so far is
-    left out (:func:`_waiting` names it) and Holm's correction covers those that are in."""
+    study's margin; and the contrasts not compared yet: in a study still running, a contrast whose methods
+    have fewer than two runs so far is left out, and Holm's correction covers those that are in."""
     try:
         samples = comparison_samples(study, group, column)
-        pairs = [p for p in _pairs(study, samples) if p[0] in samples and p[1] in samples]
-        return stats.compare_pairs(samples, pairs, paired=study.paired, margin=study.margin)
+        pairs = study.contrasts or [(m, study.baseline) for m in samples if m != study.baseline]
+        ready = [p for p in pairs if p[0] in samples and p[1] in samples]
+        return (stats.compare_pairs(samples, ready, paired=study.paired, margin=study.margin),
+                [p for p in pairs if p not in ready])
     except ValueError as exc:  # too few runs, a contrast without runs
         raise NoComparison(f"k = {group}: {exc}") from None
-
-
-def _pairs(study: Study, samples) -> list[tuple[str, str]]:
-    return study.contrasts or [(m, study.baseline) for m in samples if m != study.baseline]
-
-
-def _waiting(study: Study, group: str, column: str) -> list[str]:
-    """The planned contrasts of one k not compared yet (fewer than two runs of a method so far)."""
-    try:
-        samples = comparison_samples(study, group, column)
-    except ValueError:
-        return []
-    return [f"{a} - {b}" for a, b in _pairs(study, samples) if a not in samples or b not in samples]
 
 
 def _by_group(study: Study, table) -> Table:
