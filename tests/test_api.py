@@ -281,12 +281,59 @@ def test_fit_on_python_objects_trains_resumes_and_refuses_bad_settings(tmp_path)
 
     with pytest.raises(ConfigError, match="already holds a run"):
         igkd.fit(distiller(), train, val, test, out=tmp_path / "run", maps=maps, **opts)
+
+    # What the run records is what it was given: config.yaml holds only the sections that describe a Python
+    # run (no data source, teacher, student or IG defaults that describe nothing); inputs.json the rest
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert set(config) == {"data", "augment", "distill", "train", "track"}
+    assert config["data"] == {"streaming": False, "loader_workers": 0} and "maps" not in config["augment"]
+    assert config["augment"]["crop_padding"] == 1 and config["distill"]["method"] == "kd_ig"
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert inputs["train"]["images"] == 48 and inputs["val"]["images"] == 12 and inputs["test"]["images"] == 12
+    assert inputs["image_shape"] == [3, 12, 12] and inputs["maps"]["kind"] == "tensor"
+    assert inputs["teacher"]["weights_sha256"] and inputs["student"]["params"] == s["params"]
+    assert "inputs.json" in json.loads((tmp_path / "run" / "summary.json").read_text())["files"]
+    # a resume must be given what the run began with: one label changed, or another teacher, is refused
+    y = train.y.clone()
+    y[0] = (y[0] + 1) % 3
+    with pytest.raises(ConfigError, match=r"other inputs \(train.labels_sha256"):
+        igkd.fit(distiller(), Images(train.x, y), val, test, out=tmp_path / "run", maps=maps, resume=True, **opts)
+    other = igkd.create_model("cifar_mobilenet_v2", 3, width_mult=0.25).eval()
+    with pytest.raises(ConfigError, match=r"other inputs \(teacher.weights_sha256"):
+        igkd.fit(igkd.Distiller(igkd.create_student(teacher, remove_blocks=13), other, "kd_ig"), train, val, test,
+                 out=tmp_path / "run", maps=maps, resume=True, **opts)
     with pytest.raises(ConfigError, match="train.lr"):
         igkd.fit(distiller(), train, out=tmp_path / "bad", maps=maps, lr=-1.0, **opts)
     with pytest.raises(ConfigError, match="maps"):
         igkd.fit(distiller(), train, out=tmp_path / "nomaps", **opts)
     with pytest.raises(DataError, match="maps must be"):
         igkd.fit(distiller(), train, out=tmp_path / "badmaps", maps=maps[:10], **opts)
+
+
+def test_a_run_of_fit_and_a_run_igkd_builds_do_not_resume_each_other(tmp_path):
+    from igkd.config import Config
+    from igkd.runs import RunDir
+
+    cfg = Config()
+    with RunDir(tmp_path / "cli").claim(cfg, False, {}):
+        pass
+    with pytest.raises(ConfigError, match="built from a config, not one of igkd.fit"), \
+            RunDir(tmp_path / "cli").claim(cfg, True, {}, inputs={"source": "python"}):
+        pass
+    python_run = RunDir(tmp_path / "py")
+    with python_run.claim(cfg, False, {}, inputs={"source": "python", "maps": {"path": "/a", "sha256": "1"}}):
+        pass
+    assert set(yaml.safe_load(python_run.file("config.yaml").read_text())) == {"data", "augment", "distill",
+                                                                                "train", "track"}
+    assert python_run.saved_config().identity() == cfg.identity()  # the rest is read back as the defaults
+    with pytest.raises(ConfigError, match="holds a run of igkd.fit"), python_run.claim(cfg, True, {}):
+        pass
+    with pytest.raises(ConfigError, match=r"other inputs \(maps.sha256: 1 then, 2 now\)"), \
+            python_run.claim(cfg, True, {}, inputs={"source": "python", "maps": {"path": "/a", "sha256": "2"}}):
+        pass
+    # where a store lives is not what it holds: a moved store resumes
+    with python_run.claim(cfg, True, {}, inputs={"source": "python", "maps": {"path": "/b", "sha256": "1"}}):
+        pass
 
 
 def test_evaluate_export_and_bench_through_the_public_names(tmp_path):

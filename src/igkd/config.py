@@ -584,5 +584,27 @@ def _preset_family_keys_step_aside(data: dict, user: dict) -> None:
                   "cifar_mobilenet_v2 only and are left out")
 
 
-def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+# What a run of :func:`igkd.fit` records of its config: the sections (and their keys; None: all) that
+# describe it. The rest (the data source, the teacher, the student, IG, the overlay's map source) describe
+# runs igkd builds itself; a Python run's datasets and networks are described by its ``inputs.json``.
+PYTHON_RUN_KEYS: dict[str, tuple[str, ...] | None] = {
+    "data": ("streaming", "loader_workers"),
+    "augment": ("crop_padding", "crop_padding_for", "flip", "overlay_p", "power_range", "mix"),
+    "distill": ("method", "alpha", "temperature", "gamma", "teacher_runtime"),
+    "train": None,
+    "track": None,
+}
+
+
+def only_keys(tree: dict, keys: dict[str, tuple[str, ...] | None] | None) -> dict:
+    """``tree`` (a config's nested dict) with only the sections and keys of ``keys``; None: all of it."""
+    if keys is None:
+        return tree
+    return {section: (dict(tree[section]) if names is None else {k: tree[section][k] for k in names})
+            for section, names in keys.items() if section in tree}
+
+
+def dump_config(cfg: Config, keys: dict[str, tuple[str, ...] | None] | None = None) -> str:
+    """``cfg`` as YAML; with ``keys``, only those sections and keys (:data:`PYTHON_RUN_KEYS`): reading it
+    back fills the rest with their defaults, so the identity is the same."""
+    return yaml.safe_dump(only_keys(cfg.to_dict(), keys), sort_keys=False)

@@ -22,7 +22,7 @@ from .attribution import (
     default_gradcam_layer,
     precompute_ig,
 )
-from .config import AugmentConfig, Config, TrainConfig
+from .config import PYTHON_RUN_KEYS, AugmentConfig, Config, TrainConfig
 from .convention import InputConvention
 from .data import (
     DATASETS,
@@ -290,11 +290,11 @@ def _prepare(cfg: Config, tc: TrainConfig, progress: bool | None = None) -> tupl
 
 @contextmanager
 def _claim(run: RunDir, cfg: Config, tc: TrainConfig, resume: bool, device: torch.device,
-           streaming: bool = False) -> Iterator[distributed.DistContext]:
+           streaming: bool = False, inputs: dict | None = None) -> Iterator[distributed.DistContext]:
     """Join torchrun's processes when launched by it, then hold the run directory (rank 0) for the block."""
     with distributed.session(device) as ctx:
         env = {**environment(device, tc.seed), **training_environment(tc, ctx, device, streaming)}
-        with distributed.main_only(ctx, lambda: run.claim(cfg, resume, env)):
+        with distributed.main_only(ctx, lambda: run.claim(cfg, resume, env, inputs)):
             yield ctx
 
 
@@ -499,16 +499,18 @@ def distill(cfg: Config, out: str | Path, resume: bool = False, progress: bool |
 
 def run_fit(cfg: Config, out: str | Path, distiller: Distiller, data: TrainingData, device: torch.device,
             maps: torch.Tensor | NpyRows | None = None, *, resume: bool = False, progress: bool | None = None,
-            on_epoch_end=None, extra=None, streaming: bool = False) -> dict:
+            on_epoch_end=None, extra=None, streaming: bool = False, inputs: dict | None = None) -> dict:
     """Train ``distiller`` on ``data`` into the run directory ``out`` with ``cfg``'s ``train`` and ``augment``
     settings: claim the directory (config, environment), show the run (TensorBoard, MLflow), run the loop
     (:func:`~igkd.distill.trainer.fit`), write the summary. ``igkd distill`` and ``igkd.fit`` both train
     here, so the same seed and data give the same run through either door. ``extra(history)`` adds to the
-    summary (with ``wall_time_s`` and ``seed``)."""
+    summary (with ``wall_time_s`` and ``seed``). ``inputs``: a run on Python objects' description of them
+    (``inputs.json``; :meth:`~igkd.runs.RunDir.claim`)."""
     tc = cfg.train
     run = RunDir(out)
-    with _claim(run, cfg, tc, resume, device, streaming) as ctx, \
-            RunTracker(run, cfg, active=ctx.is_main) as tracker:
+    keys = PYTHON_RUN_KEYS if inputs is not None else None
+    with _claim(run, cfg, tc, resume, device, streaming, inputs) as ctx, \
+            RunTracker(run, cfg, active=ctx.is_main, keys=keys) as tracker:
         picks = [] if maps is None else [p for p in data.train.first_of_each_class(8) if p < len(maps)]
         if picks:  # (a streamed store's maps cover the training images only)
             x = data.train.x[picks]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, config_from_dict, dump_config
+from .config import PYTHON_RUN_KEYS, Config, config_from_dict, dump_config
 from .errors import CheckpointError, ConfigError, CorruptFileError
 from .fileio import (
     atomic_torch_save,
@@ -152,9 +152,33 @@ def environment(device: torch.device, seed: int) -> dict:
     return env
 
 
+INPUTS_FILE = "inputs.json"
+
+
+def _without_paths(tree):
+    """``tree`` without its ``path`` keys: where a store lives is not what it holds."""
+    if isinstance(tree, dict):
+        return {k: _without_paths(v) for k, v in tree.items() if k != "path"}
+    if isinstance(tree, list):
+        return [_without_paths(v) for v in tree]
+    return tree
+
+
+def first_difference(a, b, key: str = "") -> tuple[str, object, object] | None:
+    """The first place where two JSON-like trees differ, as ``(dotted key, a's value, b's value)``; None when
+    they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (key or "inputs", a, b)
+
+
 class RunDir:
     """One run: ``config.yaml``, ``env.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``model.pt``,
-    ``summary.json``."""
+    ``summary.json``; ``inputs.json`` for a run of :func:`igkd.fit`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -181,7 +205,7 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> dict:
         """``summary.json``, written last: its checksum, and the checksums of the run's text files."""
-        files = {name: file_sha256(self.file(name)) for name in ("config.yaml", "metrics.jsonl")
+        files = {name: file_sha256(self.file(name)) for name in ("config.yaml", INPUTS_FILE, "metrics.jsonl")
                  if self.file(name).is_file()}
         summary = {**summary, "files": files}
         write_checked_json(self.file("summary.json"), summary)
@@ -200,8 +224,13 @@ class RunDir:
                                    "or choose another --out") from None
 
     @contextmanager
-    def claim(self, cfg: Config, resume: bool, env: dict) -> Iterator[RunDir]:
-        """Hold the directory for a run of ``cfg`` for the block: one writer, never two runs in one folder."""
+    def claim(self, cfg: Config, resume: bool, env: dict, inputs: dict | None = None) -> Iterator[RunDir]:
+        """Hold the directory for a run of ``cfg`` for the block: one writer, never two runs in one folder.
+
+        ``inputs``: what a run on Python objects (:func:`igkd.fit`) was given, its datasets and networks
+        (``inputs.json``). Its ``config.yaml`` then records only the sections that describe it
+        (:data:`~igkd.config.PYTHON_RUN_KEYS`), and a resume must be given the same inputs.
+        """
         with FileLock(self.path, "run directory"):
             saved = self.saved_config()
             if saved is not None:
@@ -211,9 +240,33 @@ class RunDir:
                 if saved.identity() != cfg.identity():
                     raise ConfigError(f"run directory {self.path} holds a run with another config; drop --resume "
                                       "or choose another --out")
-            atomic_write_text(self.file("config.yaml"), dump_config(cfg))
+                self._same_inputs(inputs)
+            if inputs is not None:
+                write_json(self.file(INPUTS_FILE), inputs)
+            atomic_write_text(self.file("config.yaml"), dump_config(cfg, PYTHON_RUN_KEYS if inputs else None))
             write_json(self.file("env.json"), env)
             yield self
+
+    def _same_inputs(self, inputs: dict | None) -> None:
+        """A resumed run is given what it began with: the same kind of run, the same recorded inputs."""
+        path = self.file(INPUTS_FILE)
+        if not path.is_file():
+            if inputs is not None:
+                raise ConfigError(f"run directory {self.path} holds a run igkd built from a config, not one of "
+                                  "igkd.fit; choose another out")
+            return
+        if inputs is None:
+            raise ConfigError(f"run directory {self.path} holds a run of igkd.fit (see its {INPUTS_FILE}); resume "
+                              "it with igkd.fit, or choose another --out")
+        try:
+            saved = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptFileError(f"{path} is unreadable; delete {self.path} or choose another out") from None
+        difference = first_difference(_without_paths(saved), _without_paths(inputs))
+        if difference is not None:
+            key, was, now = difference
+            raise ConfigError(f"run directory {self.path} holds a run on other inputs ({key}: {was} then, {now} "
+                              "now); give fit what it began with, drop resume, or choose another out")
 
     def write_metrics(self, history: list[dict]) -> None:
         atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history))

@@ -27,14 +27,14 @@ from urllib.parse import urlparse
 
 import torch
 
-from .config import Config
+from .config import Config, only_keys
 from .errors import ConfigError
 from .fileio import write_json
 from .runs import RunDir
 
 EVENT_FILES = "events.out.tfevents.*"
 MLFLOW_FILE = "mlflow.json"
-RUN_ARTEFACTS = ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "model.pt")
+RUN_ARTEFACTS = ("config.yaml", "inputs.json", "env.json", "metrics.jsonl", "summary.json", "model.pt")
 
 
 def mlflow_uri(cfg: Config) -> str | None:
@@ -87,7 +87,10 @@ class RunTracker:
     """A run's TensorBoard events and MLflow run, for the block of a ``with``; inert when ``active`` is
     false (data-parallel ranks other than 0)."""
 
-    def __init__(self, run: RunDir, cfg: Config, active: bool = True, role: str = "student"):
+    def __init__(self, run: RunDir, cfg: Config, active: bool = True, role: str = "student",
+                 keys: dict[str, tuple[str, ...] | None] | None = None):
+        """``keys``: the config's sections and keys that describe the run, logged as its parameters (a
+        run of :func:`igkd.fit`: :data:`~igkd.config.PYTHON_RUN_KEYS`); None: all of them."""
         self.run, self.cfg = run, cfg
         self._tb = self._mlflow = None
         self._tb_shown = 0  # epochs shown in the event files so far
@@ -102,7 +105,8 @@ class RunTracker:
         if uri is not None and _have_mlflow(explicit=cfg.track.mlflow_uri is not None):
             try:
                 self._mlflow = MlflowRun.open(uri, run.path, cfg.track, run.path.name,
-                                              params=flat_params(cfg.identity()), tags={"igkd.role": role})
+                                              params=flat_params(only_keys(cfg.identity(), keys)),
+                                              tags={"igkd.role": role})
             except Exception as e:  # noqa: BLE001 - an unreachable server, a refused store: a warning
                 self._warn("MLflow", e)
 

@@ -14,7 +14,8 @@ from ..attribution import MapStore
 from ..config import config_from_dict
 from ..distill.methods import Distiller
 from ..errors import ConfigError, DataError, StaleStoreError
-from ..models import count_macs, count_parameters
+from ..fileio import content_hash
+from ..models import count_macs, count_parameters, state_dict_hash
 from ..pipeline import run_fit
 from ..utils import setup_device
 from .data import Normalize, training_data_from_datasets
@@ -45,6 +46,55 @@ def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train
     return torch.cat([maps, rest])
 
 
+def _network(model: torch.nn.Module | None, shape: tuple[int, ...], weights: bool) -> dict | None:
+    """A network as a run records it: its class, size and (``weights``: for the frozen teacher) weights."""
+    if model is None:
+        return None
+    kind = type(model)
+    out = {"class": f"{kind.__module__}.{kind.__qualname__}", "params": count_parameters(model),
+           "macs": count_macs(model, shape)}
+    return {**out, "weights_sha256": state_dict_hash(model)} if weights else out
+
+
+def _part(ds, positions: torch.Tensor | None = None) -> dict:
+    """A dataset (or the positions of one) as a run records it: its size, its labels' digest, and its pixels'
+    digest when it is held in memory (a streamed dataset's pixels are not read ahead for it: null)."""
+    if positions is not None:
+        ds = ds.subset(positions)
+    return {"images": len(ds), "labels_sha256": content_hash(ds.y),
+            "pixels_sha256": None if ds.on_disk else ds.fingerprint()}
+
+
+def _maps_record(maps) -> dict | None:
+    if maps is None:
+        return None
+    if isinstance(maps, MapStore):
+        return {"kind": "store", "path": str(maps.path), "fingerprint": maps.meta.get("fingerprint"),
+                "maps_sha256": maps.meta.get("maps_sha256")}
+    return {"kind": "tensor", "shape": list(maps.shape), "sha256": content_hash(torch.as_tensor(maps))}
+
+
+def fit_inputs(distiller: Distiller, data, maps, streaming: bool) -> dict:
+    """What a run of :func:`fit` was given, as its ``inputs.json`` records it (and a resume checks): the
+    datasets' sizes and digests, the input convention, the networks, the maps. Paths are recorded but not
+    compared (a moved store is the same store)."""
+    shape = tuple(data.train.image_shape)
+    return {
+        "source": "python",
+        "streaming": bool(streaming),
+        "image_shape": list(shape),
+        "classes": list(data.train.classes),
+        "train": _part(data.train, data.train_pos),
+        "val": _part(data.train, data.val_pos),
+        "test": _part(data.test),
+        "convention": data.convention.to_dict(),
+        "student": _network(distiller.student, shape, weights=False),
+        "teacher": _network(distiller.teacher, shape, weights=True),
+        "at_modules": None if distiller.at_modules is None else list(distiller.at_modules),
+        "maps": _maps_record(maps) if distiller.spec.ig else None,
+    }
+
+
 def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: Dataset | None = None, *,
         out: str | os.PathLike, epochs: int = 100, maps: MapStore | torch.Tensor | None = None,
         normalize: Normalize | None = None, augment: Mapping[str, Any] | None = None, resume: bool = False,
@@ -57,6 +107,8 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     ``last.pt`` after each epoch (and every ``checkpoint_every`` steps), ``best.pt`` on the best validation
     accuracy, ``model.pt`` at the end, ``metrics.jsonl``, ``summary.json`` and TensorBoard event files in
     ``out``. The same seed, data and settings give the run ``igkd distill`` gives, bit for bit.
+    ``config.yaml`` records the settings that describe the run (:data:`~igkd.config.PYTHON_RUN_KEYS`),
+    ``inputs.json`` what it was given (:func:`fit_inputs`); ``resume`` with other inputs is refused.
 
     Args:
         distiller: the :class:`Distiller` (student, teacher, method, loss weights).
@@ -101,7 +153,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     cfg = config_from_dict({
         "train": {"epochs": epochs, **options},
         "augment": dict(augment or {}),
-        "data": {"loader_workers": loader_workers},
+        "data": {"streaming": bool(streaming), "loader_workers": loader_workers},
         "distill": {"method": distiller.method, "alpha": distiller.settings["alpha"],
                     "temperature": distiller.settings["temperature"], "gamma": distiller.settings["gamma"],
                     "teacher_runtime": distiller.runtime},
@@ -122,4 +174,5 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         return info
 
     return run_fit(cfg, out, distiller, data, device, overlay, resume=resume, progress=progress,
-                   on_epoch_end=on_epoch_end, extra=extra, streaming=streaming)
+                   on_epoch_end=on_epoch_end, extra=extra, streaming=streaming,
+                   inputs=fit_inputs(distiller, data, maps, streaming))

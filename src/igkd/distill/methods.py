@@ -102,6 +102,7 @@ class Distiller(nn.Module):
                 p.requires_grad_(False)
         self._ort: OrtTeacher | None = None
         self._tap: str | None = None
+        self.at_modules: tuple[str, str] | None = None  # (student module, teacher module) of the AT term
         self.alpha = alpha if self.spec.kd else 0.0
         self.temperature, self.gamma = temperature, gamma
         if self.spec.at:
@@ -114,6 +115,7 @@ class Distiller(nn.Module):
             self._s_feat = _Capture(student.get_submodule(at_modules[0]))
             self._t_feat = _Capture(self.teacher.get_submodule(at_modules[1]))
             self._tap = at_modules[1]
+            self.at_modules = (at_modules[0], at_modules[1])
 
     @classmethod
     def from_config(cls, student: nn.Module, teacher: nn.Module | None, method: str, cfg: DistillConfig,
