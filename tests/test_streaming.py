@@ -52,6 +52,30 @@ def test_the_cache_of_an_image_folder_is_the_in_memory_load_and_is_built_once(tm
     assert torch.equal(resized.x[:], load_dataset("image_folder", "train", root=root, image_size=8).x)
 
 
+def test_the_cache_names_the_first_bad_file_as_the_in_memory_load_does(tmp_path, monkeypatch):
+    """The header pass reads the files' headers in several threads, batch by batch: the file it names is
+    still the first bad one in file order (here two bad files, in the second and third batch of 512)."""
+    from PIL import Image
+
+    monkeypatch.setenv("IGKD_DECODE_THREADS", "3")
+    folder = tmp_path / "folder" / "train" / "class0"
+    folder.mkdir(parents=True)
+    for i in range(1200):
+        Image.new("L", (6, 5) if i == 1100 else (4, 4), color=i % 256).save(folder / f"{i:04d}.png")
+    (folder / "0700.png").write_bytes(b"not a png")
+    root = tmp_path / "folder"
+    errors_seen = []
+    for streaming in (False, True):
+        with pytest.raises(DataError) as e:
+            load_dataset("image_folder", "train", root=root, streaming=streaming, cache_root=tmp_path / "c")
+        errors_seen.append(str(e.value))
+    assert "0700.png is unreadable" in errors_seen[0] and errors_seen[1] == errors_seen[0]
+    (folder / "0700.png").unlink()
+    with pytest.raises(DataError, match="1100.png is 6x5"):
+        load_dataset("image_folder", "train", root=root, streaming=True, cache_root=tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("meta.json"))  # no cache begun
+
+
 def test_a_killed_build_resumes_and_a_changed_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "CHUNK_BYTES", 3 * 12 * 12 * 10)  # chunks of 10 images
     monkeypatch.setenv("IGKD_DECODE_THREADS", "3")  # each chunk decoded in 3 slices at once

@@ -16,6 +16,7 @@ import os
 import pickle
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -546,18 +547,36 @@ def _folder_source(split: str, root: Path | None, resize: tuple[int, int] | None
 
     files, labels, classes = _folder_listing(split, root)
 
-    def layout():
-        modes, size = set(), None
-        for f in files:
+    def headers(batch: list[Path]) -> list[tuple[str, tuple[int, int]] | None]:
+        """Each file's mode and size (None: unreadable), from its header alone."""
+        out = []
+        for f in batch:
             try:
                 with Image.open(f) as im:
-                    modes.add(im.mode)
-                    if size is None:
-                        size = im.size
-                    elif im.size != size and resize is None:
-                        _open_image(f, size, resize)  # the error of the in-memory load
+                    out.append((im.mode, im.size))
             except OSError:
-                _open_image(f, size, resize)  # unreadable: its own error line
+                out.append(None)
+        return out
+
+    def layout():
+        from .cache import decode_threads
+
+        modes, size = set(), None
+        batches = [files[i:i + 512] for i in range(0, len(files), 512)]
+        pool = ThreadPoolExecutor(decode_threads(), thread_name_prefix="igkd-header")  # opening files waits on I/O
+        try:  # in file order, so the first bad file is the one a single thread would name
+            for batch, heads in zip(batches, pool.map(headers, batches)):
+                for f, head in zip(batch, heads):
+                    if head is None:
+                        _open_image(f, size, resize)  # unreadable: its own error line
+                        continue
+                    modes.add(head[0])
+                    if size is None:
+                        size = head[1]
+                    elif head[1] != size and resize is None:
+                        _open_image(f, size, resize)  # the error of the in-memory load
+        finally:
+            pool.shutdown(cancel_futures=True)  # a bad file ends the pass without reading the rest
         mode = "L" if modes == {"L"} else "RGB"
         h, w = resize if resize is not None else size[::-1]
 
