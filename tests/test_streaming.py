@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,25 @@ def test_the_cache_names_the_first_bad_file_as_the_in_memory_load_does(tmp_path,
     with pytest.raises(DataError, match="1100.png is 6x5"):
         load_dataset("image_folder", "train", root=root, streaming=True, cache_root=tmp_path / "c")
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("meta.json"))  # no cache begun
+
+
+def test_the_listing_key_is_each_files_resolved_path_time_and_size(tmp_path, monkeypatch):
+    """One system call a file, the key of ``(str(p.resolve()), st_mtime_ns, st_size)`` all the same: through
+    a linked class folder, a linked file and a relative root."""
+    from igkd.data import loaders
+
+    root = write_image_folder(tmp_path / "folder", sizes=(6,), per_class=2)
+    (root / "train" / "class0" / "link.png").symlink_to(root / "test" / "class1" / next(
+        (root / "test" / "class1").iterdir()).name)
+    elsewhere = tmp_path / "elsewhere"
+    (root / "train" / "class1").rename(elsewhere)
+    (root / "train" / "class1").symlink_to(elsewhere)
+    monkeypatch.chdir(tmp_path)
+    files, _labels, _classes = loaders._folder_listing("train", Path("folder"))
+    assert Path("folder/train/class0/link.png") in files and any(str(f).startswith("folder/train/class1/") for f in files)
+    expected = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    assert loaders._stat_key(files) == expected
+    assert any(w.startswith(str(elsewhere)) for w, _, _ in expected) and expected[0][0].startswith("/")
 
 
 def test_a_killed_build_resumes_and_a_changed_cache_is_refused(tmp_path, monkeypatch):

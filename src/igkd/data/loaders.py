@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import pickle
+import stat
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,12 +102,29 @@ def _memory_source(name: str, split: str, root: Path | None, download: bool, hw:
     return CacheSource(name, key, ds.y.numpy(), ds.classes, lambda: (tuple(ds.x.shape), lambda s, e: ds.x[s:e].numpy()))
 
 
+def _stat_triples(paths: Sequence[Path]):
+    """``(resolved path, modification time in ns, size)`` of each path, in order: what
+    ``(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)`` gives, in one system call a file (each
+    folder is resolved once; a file that is a link is resolved on its own), not one per path component."""
+    folders: dict[str, str] = {}
+    for p in paths:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            where, st = str(p.resolve()), p.stat()
+        else:
+            folder, name = os.path.split(os.fspath(p))
+            parent = folders.get(folder)
+            if parent is None:
+                parent = folders[folder] = str(p.parent.resolve())
+            where = os.path.join(parent, name)
+        yield where, st.st_mtime_ns, st.st_size
+
+
 def _stat_digest(paths: Sequence[Path]) -> str:
     """A digest of :func:`_stat_key` (paths, modification times, sizes), without holding it for every file."""
     h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    for where, mtime, size in _stat_triples(paths):
+        h.update(f"{where}\0{mtime}\0{size}\n".encode())
     return h.hexdigest()
 
 
@@ -174,11 +192,7 @@ def _download_target(root: Path | None, subdir: str) -> Path:
 
 def _stat_key(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
     """Cache key that changes when a file is replaced, so a re-download is never masked."""
-    key = []
-    for p in paths:
-        st = p.stat()
-        key.append((str(p.resolve()), st.st_mtime_ns, st.st_size))
-    return tuple(key)
+    return tuple(_stat_triples(paths))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -493,7 +507,10 @@ def _folder_listing(split: str, root: Path | None) -> tuple[list[Path], list[int
         cls_dir = split_dir / cls
         if not cls_dir.is_dir():
             continue
-        found = sorted(p for p in cls_dir.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        with os.scandir(cls_dir) as entries:  # an entry knows its type: no system call a file
+            names = sorted(e.name for e in entries
+                           if e.is_file() and os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES)
+        found = [cls_dir / name for name in names]  # one folder's paths sort as their names do
         if not found:
             raise DataError(f"class folder {cls_dir} holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}); "
                             "add images or remove the folder")
