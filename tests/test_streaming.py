@@ -177,8 +177,11 @@ def test_a_streamed_pipeline_is_the_in_memory_pipeline_bit_for_bit(tmp_path, mon
         cfg = load_config(None, [*base, f"data.streaming={streaming}", f"teacher.checkpoint={teacher_dir / 'model.pt'}"])
         pipeline.precompute(cfg, progress=False)
         pipeline.distill(cfg, tmp_path / f"student-{streaming}", progress=False)
-        out[streaming] = [RunDir(tmp_path / f"{role}-{streaming}") for role in ("teacher", "student")]
-    assert any((tmp_path / "cache" / "images").iterdir())
+        noise = load_config(None, [*base, f"data.streaming={streaming}", f"teacher.checkpoint={teacher_dir / 'model.pt'}",
+                                   "augment.maps=noise", "train.epochs=1"])
+        pipeline.distill(noise, tmp_path / f"noise-{streaming}", progress=False)  # noise maps read by position
+        out[streaming] = [RunDir(tmp_path / f"{role}-{streaming}") for role in ("teacher", "student", "noise")]
+    assert any((tmp_path / "cache" / "images").iterdir()) and any((tmp_path / "cache" / "noise").iterdir())
     for memory, streamed in zip(out["false"], out["true"]):
         a, b = load_state_dict(memory.file("model.pt")), load_state_dict(streamed.file("model.pt"))
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -186,6 +189,27 @@ def test_a_streamed_pipeline_is_the_in_memory_pipeline_bit_for_bit(tmp_path, mon
                  for r in (memory, streamed)]
         assert strip[0] == strip[1]
         assert json.loads(streamed.file("env.json").read_text())["fast_path"]["data_on_device"] is False
+
+
+@pytest.mark.parametrize("n,h,w", [(33, 4, 4), (37, 28, 28), (17, 1, 3), (100, 4, 12), (1, 4, 4)])
+def test_streamed_noise_maps_are_the_in_memory_noise_maps(tmp_path, monkeypatch, n, h, w):
+    """Drawn 16 images at a time (a last range of fewer than 16 numbers joins the one before) and upsampled
+    a batch at a time: the numbers of one draw over all images."""
+    from igkd.data import control_maps
+
+    monkeypatch.setattr(control_maps, "NOISE_CHUNK_ROWS", 16)
+    whole = control_maps.noise_maps(n, h, w, seed=7)
+    rows = control_maps.streamed_noise_maps(n, h, w, seed=7, root=tmp_path)
+    pos = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    assert rows.shape == whole.shape and rows.dtype == whole.dtype and len(rows) == n
+    assert torch.equal(rows[:], whole) and torch.equal(rows[pos], whole[pos]) and torch.equal(rows[0], whole[0])
+    assert torch.equal(rows.subset(pos)[: n // 2], whole[pos[: n // 2]])
+    (file,) = tmp_path.iterdir()
+    assert file.stat().st_size < whole.numel() * 4 // 10 + 1024  # a sixteenth of the maps (and a header)
+    stamp = file.stat().st_mtime_ns
+    again = control_maps.streamed_noise_maps(n, h, w, seed=7, root=tmp_path)  # written once
+    assert file.stat().st_mtime_ns == stamp and torch.equal(again[:], whole)
+    assert not torch.equal(control_maps.streamed_noise_maps(n, h, w, seed=8, root=tmp_path)[:], whole)
 
 
 def test_map_store_rows_are_load_all_read_by_position_and_checked(tmp_path):

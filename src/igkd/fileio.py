@@ -301,7 +301,7 @@ class NpyRows:
         """The rows at ``positions`` (of this view), as a view of the same file."""
         import numpy as np
 
-        out = NpyRows.__new__(NpyRows)
+        out = type(self).__new__(type(self))
         out.__dict__.update(self.__getstate__())
         out.rows = self._file_rows(np.asarray(positions, dtype=np.int64).reshape(-1))
         return out

@@ -34,7 +34,7 @@ from .data import (
 )
 from .data.augment import example_overlays, plan_padding
 from .data.catalog import known_image_shape
-from .data.control_maps import control_maps, derangement
+from .data.control_maps import control_maps, derangement, streamed_noise_maps
 from .data.image_dataset import ImageDataset
 from .distill.methods import Distiller, MethodSpec
 from .distill.trainer import TrainingData, evaluate, fit, summarize, training_environment
@@ -420,7 +420,8 @@ def open_store(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.M
 def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn.Module) -> torch.Tensor | NpyRows:
     """The maps the overlay uses (``augment.maps``): the store's (of ``ig.attribution``, by the network
     ``ig.teacher_weights`` names), or a control's (another image's, noise). Streamed data has its maps read
-    from the store by position too (noise maps, made here, are held in memory)."""
+    by position too: the store's, or the noise maps' from a file of their low-resolution noise (the same
+    values as the in-memory maps)."""
     source = cfg.augment.maps
     maps = None
     seed = derive_seed(cfg.train.seed, "control maps", source)
@@ -432,6 +433,8 @@ def overlay_maps(cfg: Config, ds: Datasets, teacher_hash: str, teacher: torch.nn
             return rows.subset(derangement(len(rows), seed)) if source == "unrelated" else rows
         maps = store.load_all()
     n, (_c, h, w) = len(ds.train), ds.train.image_shape
+    if source == "noise" and ds.streaming:
+        return streamed_noise_maps(n, h, w, seed)
     return control_maps(source, maps, (n, h, w), seed)
 
 
