@@ -91,7 +91,10 @@ def test_more_runs_of_some_methods_extend_the_study_and_their_comparisons(study,
     first = ["montecarlo", "-c", "cpu-fashion-mnist", "--out", str(ext), "--workers", "1", "--threads-per-run", "1",
              *_sets(SMALL)]
     assert main([*first, "--methods", "student,kd_ig", "--runs", "3", "--contrasts", "kd_ig-student"]) == 0
-    assert "4 runs, 4 already finished" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 runs, 4 already finished" not in out
+    done = [line for line in out.splitlines() if line.strip().startswith("done ")]
+    assert len(done) == 2 and "left)" in done[0] and "left" not in done[1]  # the pace so far, until the end
     rows = _rows(ext)
     assert sorted((r["method"], r["run"]) for r in rows) == sorted(
         [(m, str(i)) for m in ("student", "kd_ig") for i in range(3)] + [("kd_ig+unrelated_maps", "0"),
@@ -173,6 +176,15 @@ def test_ray_workers_give_the_same_results_as_in_process(study, tmp_path):
 
 
 # -- controls and plans, fast ---------------------------------------------------------------------
+
+
+def test_time_left_is_this_commands_pace_times_the_runs_left():
+    from igkd.experiments.study import time_left
+
+    assert time_left(600.0, 2, 3) == "about 15 min left"
+    assert time_left(1200.0, 1, 7) == "about 2 h 20 min left"
+    assert time_left(3000.0, 1, 1) == "about 50 min left" and time_left(10.0, 1, 1) == "under a minute left"
+    assert time_left(600.0, 0, 3) == "" and time_left(600.0, 4, 0) == ""
 
 
 def test_derangement_moves_every_image_and_is_seeded():

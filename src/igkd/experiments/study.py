@@ -29,6 +29,7 @@ import csv
 import io
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -262,13 +263,17 @@ def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thre
                                                                     part["remove_blocks"])}.values())
     todo = [j for j in jobs if not RunDir(out / j.run_dir).complete]
     print(f"study {out}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished", flush=True)
+    started, finished_here = time.monotonic(), 0
 
     def finished(job: Job, summary: dict) -> None:
+        nonlocal finished_here
+        finished_here += 1
         rows = write_results(out, every)
         done = sum(RunDir(out / j.run_dir).complete for j in jobs)
+        eta = time_left(time.monotonic() - started, finished_here, len(jobs) - done)
         print(f"  done {job.run_dir}: test accuracy {summary['test_acc_last']:.2f} % "
-              f"({done}/{len(jobs)} runs finished{f'; {len(rows)} in the study' if len(every) > len(jobs) else ''})",
-              flush=True)
+              f"({done}/{len(jobs)} runs finished{f'; {len(rows)} in the study' if len(every) > len(jobs) else ''}"
+              f"{f'; {eta}' if eta else ''})", flush=True)
         if on_result is not None:
             on_result(summary)
 
@@ -280,6 +285,18 @@ def _run_jobs(cfg: Config, plan: StudyPlan, out: Path, workers: int | None, thre
     else:
         _run_on_ray(cfg, out, todo, workers, threads_per_run, address, finished)
     return write_results(out, every)
+
+
+def time_left(elapsed_s: float, finished: int, remaining: int) -> str:
+    """``about 2 h 05 min left`` at this command's pace so far (its elapsed time over the runs it finished;
+    a run resumed from its checkpoint finishes early, so the first figures run low); empty when nothing is
+    left or nothing has finished yet."""
+    if remaining <= 0 or finished <= 0:
+        return ""
+    minutes = round(elapsed_s / finished * remaining / 60)
+    if minutes < 1:
+        return "under a minute left"
+    return f"about {minutes // 60} h {minutes % 60:02d} min left" if minutes >= 60 else f"about {minutes} min left"
 
 
 def prepare_shared(cfg: Config, out: Path, arms: Iterable[Arm], progress: bool | None = None) -> Config:
