@@ -331,8 +331,19 @@ def test_a_run_of_fit_and_a_run_igkd_builds_do_not_resume_each_other(tmp_path):
     with pytest.raises(ConfigError, match=r"other inputs \(maps.sha256: 1 then, 2 now\)"), \
             python_run.claim(cfg, True, {}, inputs={"source": "python", "maps": {"path": "/a", "sha256": "2"}}):
         pass
-    # where a store lives is not what it holds: a moved store resumes
+    # where a store lives is not what it holds: a moved store resumes; so does streamed data, whose pixels'
+    # digest is not taken (null), but not other labels
     with python_run.claim(cfg, True, {}, inputs={"source": "python", "maps": {"path": "/b", "sha256": "1"}}):
+        pass
+    began = {"source": "python", "streaming": False, "train": {"labels_sha256": "a", "pixels_sha256": "p"}}
+    with RunDir(tmp_path / "streamed").claim(cfg, False, {}, inputs=began):
+        pass
+    with RunDir(tmp_path / "streamed").claim(cfg, True, {}, inputs={
+            "source": "python", "streaming": True, "train": {"labels_sha256": "a", "pixels_sha256": None}}):
+        pass
+    with pytest.raises(ConfigError, match=r"train.labels_sha256: a then, b now"), RunDir(tmp_path / "streamed").claim(
+            cfg, True, {}, inputs={"source": "python", "streaming": True,
+                                   "train": {"labels_sha256": "b", "pixels_sha256": None}}):
         pass
 
 

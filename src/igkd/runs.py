@@ -155,13 +155,18 @@ def environment(device: torch.device, seed: int) -> dict:
 INPUTS_FILE = "inputs.json"
 
 
-def _without_paths(tree):
-    """``tree`` without its ``path`` keys: where a store lives is not what it holds."""
-    if isinstance(tree, dict):
-        return {k: _without_paths(v) for k, v in tree.items() if k != "path"}
-    if isinstance(tree, list):
-        return [_without_paths(v) for v in tree]
-    return tree
+# Where the inputs live is not what they are: a moved store, or data read from disk instead of memory.
+_PLACEMENT = ("path", "streaming")
+
+
+def _comparable(tree, other):
+    """``tree`` as a resume compares it with ``other``: without where things live (:data:`_PLACEMENT`), and
+    without a digest that ``other`` could not take (a streamed dataset's pixels are not read for it: null)."""
+    if not isinstance(tree, dict):
+        return tree
+    other = other if isinstance(other, dict) else {}
+    return {k: _comparable(v, other.get(k)) for k, v in tree.items()
+            if k not in _PLACEMENT and not (k in other and (v is None) != (other[k] is None) and k.endswith("_sha256"))}
 
 
 def first_difference(a, b, key: str = "") -> tuple[str, object, object] | None:
@@ -262,7 +267,7 @@ class RunDir:
             saved = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CorruptFileError(f"{path} is unreadable; delete {self.path} or choose another out") from None
-        difference = first_difference(_without_paths(saved), _without_paths(inputs))
+        difference = first_difference(_comparable(saved, inputs), _comparable(inputs, saved))
         if difference is not None:
             key, was, now = difference
             raise ConfigError(f"run directory {self.path} holds a run on other inputs ({key}: {was} then, {now} "
