@@ -136,6 +136,14 @@ def test_compute_maps_is_precompute_igs_store_and_refuses_a_changed_dataset(tmp_
     # Again: nothing to compute, the same maps.
     again = igkd.compute_maps(teacher, data, tmp_path / "maps", n_steps=4, normalize=((0.5,) * 3, (0.25,) * 3))
     assert np.array_equal(np.asarray(again.maps), np.asarray(store.maps))
+    # Streamed (the dataset read a chunk at a time, never whole): the same store, bit for bit.
+    streamed = igkd.compute_maps(teacher, data, tmp_path / "streamed", n_steps=4, chunk_size=8,
+                                 normalize=((0.5,) * 3, (0.25,) * 3), streaming=True)
+    assert np.array_equal(np.asarray(streamed.maps), np.asarray(store.maps))
+    assert streamed.meta["fingerprint"] == meta["fingerprint"]
+    opened = igkd.compute_maps(teacher, data, tmp_path / "maps", n_steps=4, normalize=((0.5,) * 3, (0.25,) * 3),
+                               streaming=True)  # the in-memory store, recognised from the stream
+    assert np.array_equal(np.asarray(opened.maps), np.asarray(store.maps))
     changed = Images(data.x.clone(), data.y)
     changed.x[5, 0, 0, 0] ^= 1  # one pixel of one image
     with pytest.raises(StaleStoreError, match="fingerprint"):

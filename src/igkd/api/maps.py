@@ -26,7 +26,7 @@ from ..data.augment import blend, draw_overlay, normalize_maps
 from ..errors import DataError
 from ..models import state_dict_hash
 from ..utils import resolve_device
-from .data import Normalize, convention_of, image_dataset_from
+from .data import Normalize, convention_of, image_dataset_from, streamed_dataset_from
 
 __all__ = ["MapStore", "Overlay", "WithMaps", "compute_maps"]
 
@@ -36,7 +36,7 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
                  *, normalize: Normalize | None = None, method: str = "gausslegendre",
                  baseline: str = "zeros-normalized", dtype: str = "float16", chunk_size: int | None = None,
                  batch_size: int | None = None, layer: str | None = None, name: str = "dataset",
-                 progress: bool | None = None) -> MapStore:
+                 progress: bool | None = None, streaming: bool = False) -> MapStore:
     """The teacher's attribution map of every image of ``dataset``, in a map store at ``store``.
 
     The store is the one ``igkd precompute-ig`` writes (same format, identity and checks): map ``i`` is
@@ -65,11 +65,14 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
         layer: Grad-CAM's layer (None: the teacher's last convolutional block).
         name: the dataset's name, recorded in the store.
         progress: show a progress bar (None: when the output is a terminal).
+        streaming: read the dataset a chunk at a time instead of holding it in memory (for data larger
+            than memory): the same maps. Its fingerprint is then one more pass over the images, before the
+            first chunk.
 
     Returns:
         The finished, verified store (``store.get(positions)``, ``len(store)``, ``store.meta``).
     """
-    ds = image_dataset_from(dataset, name)
+    ds = (streamed_dataset_from if streaming else image_dataset_from)(dataset, name)
     convention = convention_of(normalize, ds.image_shape[0])
     if source == "gradcam" and layer is None:
         layer = default_gradcam_layer(teacher)
