@@ -130,7 +130,8 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         streaming: read the datasets (and a :class:`MapStore`'s maps) a batch at a time, in a background
             thread, instead of holding them in memory: for data larger than memory. The same run, bit for
             bit (the epoch plan does not depend on where the data lives). Labels are read once first: a
-            dataset's ``targets`` when it has them, else one pass over its items.
+            dataset's ``targets`` when it has them, else one pass over its items; with a
+            :class:`MapStore`, its check against the training images reads them once more first.
         loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the training
             batches ahead of the loop; 0: one background thread. The same run either way (config key
             ``data.loader_workers``).
