@@ -361,6 +361,7 @@ def test_evaluate_export_and_bench_through_the_public_names(tmp_path):
     r = igkd.evaluate(teacher, test, normalize=FM_NORMALIZE)
     assert r["images"] == 300 and r["accuracy"] > 85 and len(r["confusion_matrix"]) == 10
     assert igkd.evaluate(teacher, test)["accuracy"] < r["accuracy"]  # un-normalised pixels: the wrong convention
+    assert igkd.evaluate(teacher, test, normalize=FM_NORMALIZE, batch_size=64, streaming=True) == r  # read in batches
     assert teacher.training  # its mode restored
     student = igkd.create_student(teacher, remove_blocks=11)
     path = igkd.export_onnx(student, tmp_path / "s.onnx", (1, 28, 28), normalize=FM_NORMALIZE)

@@ -18,13 +18,13 @@ from ..deploy.export import export_onnx as _export_onnx
 from ..deploy.timing import TimingOptions
 from ..evaluate import classification_metrics, predict
 from ..utils import resolve_device
-from .data import Normalize, convention_of, image_dataset_from
+from .data import Normalize, convention_of, image_dataset_from, streamed_dataset_from
 
 __all__ = ["bench", "evaluate", "export_onnx"]
 
 
 def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None = None, batch_size: int = 256,
-             device: str | torch.device | None = None) -> dict:
+             device: str | torch.device | None = None, streaming: bool = False) -> dict:
     """Accuracy, balanced accuracy, Cohen's kappa, per-class accuracy and confusion matrix of ``model``
     on ``dataset`` (what ``igkd evaluate`` reports; scikit-learn's metrics).
 
@@ -35,12 +35,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None 
         normalize: the ``(mean, std)`` the model takes; None: pixels in [0, 1] as they are.
         batch_size: images per forward pass.
         device: where to run (None: the model's).
+        streaming: read the dataset a batch at a time instead of holding it in memory (the same numbers).
 
     Returns:
         ``{"images", "accuracy", "balanced_accuracy", "cohen_kappa", "per_class_accuracy",
         "confusion_matrix", "classes"}``, accuracies in percent.
     """
-    ds = image_dataset_from(dataset, "dataset")
+    ds = (streamed_dataset_from if streaming else image_dataset_from)(dataset, "dataset")
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                              torch.device("cpu"))
