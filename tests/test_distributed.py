@@ -99,7 +99,8 @@ def _train(out: Path, resume: bool = False, on_epoch_end=None, streamed: bool = 
            **train) -> tuple[list[dict], dict]:
     distiller, data, maps = _setup()
     if streamed:  # images and maps read from disk a batch at a time, ahead of the loop
-        data, maps = _on_disk(data, maps, out / "data")
+        # each rank its own copy: two ranks rewriting one .npy file race (a rank may read it half-written)
+        data, maps = _on_disk(data, maps, out / f"data-rank{os.environ.get('RANK', '0')}")
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 15, "device": "cpu", "lr": 3e-3, **train})
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
