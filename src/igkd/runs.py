@@ -25,6 +25,7 @@ from .fileio import (
     atomic_write_text,
     content_hash,
     file_sha256,
+    read_json,
     read_run_summary,
     write_checked_json,
     write_json,
@@ -248,7 +249,7 @@ class RunDir:
                 self._same_inputs(inputs)
             if inputs is not None:
                 write_json(self.file(INPUTS_FILE), inputs)
-            atomic_write_text(self.file("config.yaml"), dump_config(cfg, PYTHON_RUN_KEYS if inputs else None))
+            atomic_write_text(self.file("config.yaml"), dump_config(cfg, PYTHON_RUN_KEYS if inputs is not None else None))
             write_json(self.file("env.json"), env)
             yield self
 
@@ -264,8 +265,8 @@ class RunDir:
             raise ConfigError(f"run directory {self.path} holds a run of igkd.fit (see its {INPUTS_FILE}); resume "
                               "it with igkd.fit, or choose another --out")
         try:
-            saved = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            saved = read_json(path)
+        except ValueError:  # undecodable bytes or JSON
             raise CorruptFileError(f"{path} is unreadable; delete {self.path} or choose another out") from None
         difference = first_difference(_comparable(saved, inputs), _comparable(inputs, saved))
         if difference is not None:

@@ -24,15 +24,17 @@ from .maps import WithMaps
 __all__ = ["Distiller", "fit"]
 
 
-def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, n_train: int, streaming: bool = False):
-    """The overlay's maps by training-set position: the training images' maps, zeros for the validation
-    images that follow them (never overlaid); with ``streaming`` a store's maps are read by position
-    (the training positions only: validation images are never overlaid)."""
+def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, train_images, streaming: bool = False):
+    """The overlay's maps by training-set position: the training images' maps (``train_images``: the
+    training set's subset before the validation images), zeros for the validation images that follow them
+    (never overlaid); with ``streaming`` a store's maps are read by position (the training positions only:
+    validation images are never overlaid)."""
     if maps is None:
         return None
+    n_train = len(train_images)
     if isinstance(maps, MapStore):
         recorded = maps.meta.get("fingerprint")
-        if recorded != data.train.subset(torch.arange(n_train)).fingerprint():
+        if recorded != train_images.fingerprint():
             raise StaleStoreError(f"map store {maps.path} was made for other images than the training set given "
                                   "to fit: compute it for this dataset (igkd.compute_maps)")
         if streaming:
@@ -56,11 +58,9 @@ def _network(model: torch.nn.Module | None, shape: tuple[int, ...], weights: boo
     return {**out, "weights_sha256": state_dict_hash(model)} if weights else out
 
 
-def _part(ds, positions: torch.Tensor | None = None) -> dict:
-    """A dataset (or the positions of one) as a run records it: its size, its labels' digest, and its pixels'
-    digest when it is held in memory (a streamed dataset's pixels are not read ahead for it: null)."""
-    if positions is not None:
-        ds = ds.subset(positions)
+def _part(ds) -> dict:
+    """A dataset as a run records it: its size, its labels' digest, and its pixels' digest when it is held in
+    memory (a streamed dataset's pixels are not read ahead for it: null)."""
     return {"images": len(ds), "labels_sha256": content_hash(ds.y),
             "pixels_sha256": None if ds.on_disk else ds.fingerprint()}
 
@@ -74,7 +74,7 @@ def _maps_record(maps) -> dict | None:
     return {"kind": "tensor", "shape": list(maps.shape), "sha256": content_hash(torch.as_tensor(maps))}
 
 
-def fit_inputs(distiller: Distiller, data, maps, streaming: bool) -> dict:
+def fit_inputs(distiller: Distiller, data, train_images, maps, streaming: bool) -> dict:
     """What a run of :func:`fit` was given, as its ``inputs.json`` records it (and a resume checks): the
     datasets' sizes and digests, the input convention, the networks, the maps. Paths are recorded but not
     compared (a moved store is the same store)."""
@@ -84,8 +84,8 @@ def fit_inputs(distiller: Distiller, data, maps, streaming: bool) -> dict:
         "streaming": bool(streaming),
         "image_shape": list(shape),
         "classes": list(data.train.classes),
-        "train": _part(data.train, data.train_pos),
-        "val": _part(data.train, data.val_pos),
+        "train": _part(train_images),
+        "val": _part(data.train.subset(data.val_pos)),
         "test": _part(data.test),
         "convention": data.convention.to_dict(),
         "student": _network(distiller.student, shape, weights=False),
@@ -162,18 +162,16 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     if distiller.spec.ig and maps is None:
         raise ConfigError(f"method {distiller.method} overlays maps: pass maps=igkd.compute_maps(teacher, train, ...)")
     data = training_data_from_datasets(train, val, test, normalize, streaming=streaming)
-    n_train = len(data.train_pos)
-    overlay = _train_maps(maps, data, n_train, streaming) if distiller.spec.ig else None
+    train_images = data.train.subset(data.train_pos)  # one subset: its fingerprint is taken once, for both uses
+    overlay = _train_maps(maps, data, train_images, streaming) if distiller.spec.ig else None
     device = setup_device(cfg.train.device, cfg.train.threads, cfg.train.deterministic)
-    shape = data.train.image_shape
-    student = distiller.student
+    inputs = fit_inputs(distiller, data, train_images, maps, streaming)
 
     def extra(_history: list[dict]) -> dict:
-        info = {"role": "student", "method": distiller.method, "dataset": "python", "input_shape": list(shape),
-                "train_images": n_train, "val_images": len(data.val_pos), "test_images": len(data.test),
-                "params": count_parameters(student), "macs": count_macs(student, shape)}
-        return info
+        return {"role": "student", "method": distiller.method, "dataset": "python",
+                "input_shape": inputs["image_shape"], "train_images": len(train_images),
+                "val_images": len(data.val_pos), "test_images": len(data.test),
+                "params": inputs["student"]["params"], "macs": inputs["student"]["macs"]}
 
     return run_fit(cfg, out, distiller, data, device, overlay, resume=resume, progress=progress,
-                   on_epoch_end=on_epoch_end, extra=extra, streaming=streaming,
-                   inputs=fit_inputs(distiller, data, maps, streaming))
+                   on_epoch_end=on_epoch_end, extra=extra, streaming=streaming, inputs=inputs)
