@@ -107,6 +107,12 @@ def streamed_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDatas
     return ImageDataset(name, _streamed_rows(dataset, name), y, classes)
 
 
+def dataset_from(dataset: Dataset, name: str = "dataset", streaming: bool = False) -> ImageDataset:
+    """The user's dataset as an :class:`ImageDataset`: held in memory (:func:`image_dataset_from`), or with
+    ``streaming`` read a batch at a time (:func:`streamed_dataset_from`); the same images either way."""
+    return (streamed_dataset_from if streaming else image_dataset_from)(dataset, name)
+
+
 def _streamed_rows(dataset: Dataset, name: str):
     from ..data.sources import DatasetRows
 
@@ -134,8 +140,7 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
     ``normalize``: the ``(mean, std)`` the networks take (the teacher's, as it was trained); None feeds
     pixels in [0, 1] as they are.
     """
-    read = streamed_dataset_from if streaming else image_dataset_from
-    parts = [read(train, "train")] + ([read(val, "val")] if val is not None else [])
+    parts = [dataset_from(train, "train", streaming)] + ([dataset_from(val, "val", streaming)] if val is not None else [])
     tr = parts[0]
     shape = tr.image_shape
     for p in parts[1:]:
@@ -148,7 +153,7 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
          else torch.cat([p.x for p in parts]))
     whole = ImageDataset("train", x, torch.cat([p.y for p in parts]), classes)
     if test is not None:
-        te = read(test, "test")
+        te = dataset_from(test, "test", streaming)
     else:
         te = ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
                           classes)

@@ -18,7 +18,7 @@ from ..deploy.export import export_onnx as _export_onnx
 from ..deploy.timing import TimingOptions
 from ..evaluate import classification_metrics, predict
 from ..utils import resolve_device
-from .data import Normalize, convention_of, image_dataset_from, streamed_dataset_from
+from .data import Normalize, convention_of, dataset_from
 
 __all__ = ["bench", "evaluate", "export_onnx"]
 
@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None 
         ``{"images", "accuracy", "balanced_accuracy", "cohen_kappa", "per_class_accuracy",
         "confusion_matrix", "classes"}``, accuracies in percent.
     """
-    ds = (streamed_dataset_from if streaming else image_dataset_from)(dataset, "dataset")
+    ds = dataset_from(dataset, "dataset", streaming)
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                              torch.device("cpu"))

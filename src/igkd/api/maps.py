@@ -26,7 +26,7 @@ from ..data.augment import blend, draw_overlay, normalize_maps
 from ..errors import DataError
 from ..models import state_dict_hash
 from ..utils import resolve_device
-from .data import Normalize, convention_of, image_dataset_from, streamed_dataset_from
+from .data import Normalize, convention_of, dataset_from
 
 __all__ = ["MapStore", "Overlay", "WithMaps", "compute_maps"]
 
@@ -72,7 +72,7 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
     Returns:
         The finished, verified store (``store.get(positions)``, ``len(store)``, ``store.meta``).
     """
-    ds = (streamed_dataset_from if streaming else image_dataset_from)(dataset, name)
+    ds = dataset_from(dataset, name, streaming)
     convention = convention_of(normalize, ds.image_shape[0])
     if source == "gradcam" and layer is None:
         layer = default_gradcam_layer(teacher)
