@@ -296,3 +296,37 @@ def test_decode_threads_come_from_the_cpus_or_the_environment(monkeypatch):
     monkeypatch.setenv("IGKD_DECODE_THREADS", "many")
     with pytest.raises(DataError, match="IGKD_DECODE_THREADS must be a whole number, got 'many'"):
         cache.decode_threads()
+
+
+class _ReadLog(torch.utils.data.Dataset):
+    """A user's dataset that notes which process read each item (a file per process under ``log``)."""
+
+    def __init__(self, x: torch.Tensor, log: Path):
+        self.x, self.log = x, log
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        (self.log / str(os.getpid())).touch()
+        return self.x[i], 0
+
+
+def test_a_streamed_fingerprint_read_by_worker_processes_is_the_in_memory_one(tmp_path):
+    """The store check of a streamed fit reads its images in the loader's processes: the same digest, chunk
+    boundaries (4,096 images) included, and the reads happen in other processes."""
+    from igkd.api.data import image_dataset_from, streamed_dataset_from
+
+    x = torch.randint(0, 256, (4100, 1, 2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    log = tmp_path / "pids"
+    log.mkdir()
+    data = _ReadLog(x, log)
+    in_memory = image_dataset_from(data).fingerprint()
+    for p in log.iterdir():
+        p.unlink()
+    streamed = streamed_dataset_from(data)
+    for p in log.iterdir():  # the first image, read for the shape
+        p.unlink()
+    assert streamed.fingerprint(workers=2) == in_memory
+    assert {p.name for p in log.iterdir()} - {str(os.getpid())}, "no worker process read the images"
+    assert streamed_dataset_from(data).subset(torch.arange(4100)).fingerprint() == in_memory

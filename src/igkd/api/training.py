@@ -24,17 +24,18 @@ from .maps import WithMaps
 __all__ = ["Distiller", "fit"]
 
 
-def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, train_images, streaming: bool = False):
+def _train_maps(maps: MapStore | torch.Tensor | np.ndarray | None, data, train_images, streaming: bool = False,
+                workers: int = 0):
     """The overlay's maps by training-set position: the training images' maps (``train_images``: the
     training set's subset before the validation images), zeros for the validation images that follow them
     (never overlaid); with ``streaming`` a store's maps are read by position (the training positions only:
-    validation images are never overlaid)."""
+    validation images are never overlaid), and the store's check reads the images in ``workers`` processes."""
     if maps is None:
         return None
     n_train = len(train_images)
     if isinstance(maps, MapStore):
         recorded = maps.meta.get("fingerprint")
-        if recorded != train_images.fingerprint():
+        if recorded != train_images.fingerprint(workers):
             raise StaleStoreError(f"map store {maps.path} was made for other images than the training set given "
                                   "to fit: compute it for this dataset (igkd.compute_maps)")
         if streaming:
@@ -131,7 +132,8 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
             thread, instead of holding them in memory: for data larger than memory. The same run, bit for
             bit (the epoch plan does not depend on where the data lives). Labels are read once first: a
             dataset's ``targets`` when it has them, else one pass over its items; with a
-            :class:`MapStore`, its check against the training images reads them once more first.
+            :class:`MapStore`, its check against the training images reads them once more first (in the
+            ``loader_workers`` processes).
         loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the training
             batches ahead of the loop; 0: one background thread. The same run either way (config key
             ``data.loader_workers``).
@@ -163,7 +165,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
         raise ConfigError(f"method {distiller.method} overlays maps: pass maps=igkd.compute_maps(teacher, train, ...)")
     data = training_data_from_datasets(train, val, test, normalize, streaming=streaming)
     train_images = data.train.subset(data.train_pos)  # one subset: its fingerprint is taken once, for both uses
-    overlay = _train_maps(maps, data, train_images, streaming) if distiller.spec.ig else None
+    overlay = _train_maps(maps, data, train_images, streaming, loader_workers) if distiller.spec.ig else None
     device = setup_device(cfg.train.device, cfg.train.threads, cfg.train.deterministic)
     inputs = fit_inputs(distiller, data, train_images, maps, streaming)
 

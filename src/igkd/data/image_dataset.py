@@ -70,15 +70,29 @@ class ImageDataset:
         x = self.x.subset(positions.numpy()) if self.on_disk else self.x[positions]
         return ImageDataset(self.name, x, self.y[positions], self.classes, self.index[positions])
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, workers: int = 0) -> str:
         """sha256 over shapes, images, labels and indices (cached), read in chunks: the same digest
-        whether the images are in memory or on disk."""
+        whether the images are in memory or on disk. ``workers`` > 0 reads the chunks of images that are
+        not in memory in that many DataLoader worker processes, in order (for a user's dataset that
+        decodes as it is read): the same digest."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(str(tuple(self.x.shape)).encode())
-            for start in range(0, len(self), 4096):
-                h.update(self.x[start:start + 4096].contiguous().numpy())
+            for chunk in self._chunks(4096, workers):
+                h.update(chunk.contiguous().numpy())
             for t in (self.y, self.index):
                 h.update(t.contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def _chunks(self, size: int, workers: int):
+        """The images ``size`` at a time, in order: slices in memory, else read (by ``workers`` processes)."""
+        spans = [(a, min(a + size, len(self))) for a in range(0, len(self), size)]
+        if not (self.on_disk and workers > 0):
+            yield from (self.x[a:b] for a, b in spans)
+            return
+        from .sources import StreamedSource
+
+        source = StreamedSource(self.x, self.y, None, torch.device("cpu"), workers=workers)
+        for batch in source.batches(torch.arange(len(self)), spans):
+            yield batch.x
