@@ -141,6 +141,13 @@ def test_compute_maps_is_precompute_igs_store_and_refuses_a_changed_dataset(tmp_
                                  normalize=((0.5,) * 3, (0.25,) * 3), streaming=True)
     assert np.array_equal(np.asarray(streamed.maps), np.asarray(store.maps))
     assert streamed.meta["fingerprint"] == meta["fingerprint"]
+    # Read (fingerprint, teacher check, chunks) by two DataLoader processes: the same store again.
+    workers = igkd.compute_maps(teacher, data, tmp_path / "workers", n_steps=4, chunk_size=8,
+                                normalize=((0.5,) * 3, (0.25,) * 3), streaming=True, loader_workers=2)
+    assert np.array_equal(np.asarray(workers.maps), np.asarray(store.maps))
+    assert workers.meta["teacher_check"] == meta["teacher_check"]
+    with pytest.raises(ConfigError, match="loader_workers must be >= 0, got -1"):
+        igkd.compute_maps(teacher, data, tmp_path / "bad", n_steps=4, streaming=True, loader_workers=-1)
     opened = igkd.compute_maps(teacher, data, tmp_path / "maps", n_steps=4, normalize=((0.5,) * 3, (0.25,) * 3),
                                streaming=True)  # the in-memory store, recognised from the stream
     assert np.array_equal(np.asarray(opened.maps), np.asarray(store.maps))
@@ -362,6 +369,8 @@ def test_evaluate_export_and_bench_through_the_public_names(tmp_path):
     assert r["images"] == 300 and r["accuracy"] > 85 and len(r["confusion_matrix"]) == 10
     assert igkd.evaluate(teacher, test)["accuracy"] < r["accuracy"]  # un-normalised pixels: the wrong convention
     assert igkd.evaluate(teacher, test, normalize=FM_NORMALIZE, batch_size=64, streaming=True) == r  # read in batches
+    assert igkd.evaluate(teacher, test, normalize=FM_NORMALIZE, batch_size=64, streaming=True,
+                         loader_workers=2) == r  # read by two DataLoader processes
     assert teacher.training  # its mode restored
     student = igkd.create_student(teacher, remove_blocks=11)
     path = igkd.export_onnx(student, tmp_path / "s.onnx", (1, 28, 28), normalize=FM_NORMALIZE)

@@ -44,9 +44,20 @@ ds = ImageDataset("synthetic", data["x"], data["y"], ["a", "b", "c"])
 model = cifar_mobilenet_v2(num_classes=3, width_mult=0.25)
 model.load_state_dict(torch.load(cfg["model"]))
 identity = StoreIdentity.of(ds, "test", InputConvention((0.5,) * 3, (0.25,) * 3), n_steps=4)
-res = precompute_ig(model.eval(), ds, cfg["store"], identity, IGOptions(chunk_size=cfg["chunk"], dtype="float32"),
-                    rank=cfg.get("rank"), world_size=cfg.get("world_size"), progress=False,
-                    on_chunk_done=lambda c: time.sleep(cfg.get("delay", 0)))
+if cfg.get("streamed"):  # the images read by position, ahead of the computation (a user's dataset, streamed)
+    from igkd.data.sources import DatasetRows
+    ds = ImageDataset("synthetic", DatasetRows(data["x"]), data["y"], ["a", "b", "c"])
+options = IGOptions(chunk_size=cfg["chunk"], dtype="float32")
+
+
+def done(c):
+    time.sleep(cfg.get("delay", 0))
+    if cfg.get("meanwhile") and c == 0:  # another process records the odd chunks while this one works
+        precompute_ig(model.eval(), ds, cfg["store"], identity, options, rank=1, world_size=2, progress=False)
+
+
+res = precompute_ig(model.eval(), ds, cfg["store"], identity, options, rank=cfg.get("rank"),
+                    world_size=cfg.get("world_size"), progress=False, on_chunk_done=done)
 print(json.dumps({"computed": res.computed, "skipped": res.skipped, "complete": res.complete}))
 """
 
@@ -151,6 +162,17 @@ def _linear_store(tmp_path: Path, n: int = 10, chunk: int = 3, **kw):
     conv = InputConvention((0.5,) * 3, (0.25,) * 3)
     base = {"teacher_hash": "h", "n_steps": 4, "chunk_size": chunk, "progress": False, **kw}
     return lambda path, **more: run_precompute(model, ds, conv, path, **{**base, **more})
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_chunks_recorded_meanwhile_are_skipped_and_the_rest_read_in_step(inputs, reference, streamed):
+    """Chunks another process records while this one works are skipped: this one's read-ahead of the images
+    (streamed: a background thread reads them by position) stays in step, so each chunk gets its own."""
+    store = inputs / f"meanwhile-{streamed}"
+    out = finish(worker(inputs, store, meanwhile=True, streamed=streamed))
+    assert out["complete"] and out["computed"] == list(range(0, N_CHUNKS, 2))
+    assert out["skipped"] == list(range(1, N_CHUNKS, 2))
+    assert (store / "maps.npy").read_bytes() == reference
 
 
 def test_finalisation_refuses_missing_doubled_and_misplaced_chunks(tmp_path):

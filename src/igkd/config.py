@@ -117,9 +117,10 @@ class DataConfig(BaseModel):
         "would fill more than half the free memory (a printed line says so). The same seed gives the same "
         "run either way")
     loader_workers: Annotated[int, Field(ge=0, le=256)] = Field(
-        0, description="a streamed run's training batches are read ahead by this many DataLoader worker "
-        "processes; 0: by one background thread (enough for the decoded cache; a dataset that decodes as it "
-        "reads gains from a few). The same run either way")
+        0, description="a streamed run's training batches (and precompute-ig's images, when not held in "
+        "memory) are read ahead by this many DataLoader worker processes; 0: by one background thread "
+        "(enough for the decoded cache; a dataset that decodes as it reads gains from a few). The same run "
+        "and maps either way")
 
 
 class TeacherConfig(BaseModel):

@@ -19,6 +19,7 @@ from .config import Config
 from .convention import InputConvention
 from .data.catalog import DATASETS, known_image_shape
 from .data.image_dataset import ImageDataset
+from .data.sources import read_ahead, spans_of
 from .errors import CheckpointError, ConfigError
 from .fileio import write_checked_json
 from .models import (
@@ -74,12 +75,14 @@ def _quiet(fn, *args):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, convention: InputConvention, device: torch.device,
-            batch_size: int = 1000) -> np.ndarray:
-    """Predicted classes of uint8 images (N, C, H, W), the model in eval mode on ``device``."""
+            batch_size: int = 1000, workers: int = 0) -> np.ndarray:
+    """Predicted classes of uint8 images (N, C, H, W), the model in eval mode on ``device``. Images not in
+    memory are read ahead of the model (:func:`~igkd.data.sources.read_ahead`; ``workers`` processes)."""
     model.eval()
     out = []
-    for i in range(0, len(x), batch_size):
-        out.append(model(convention.from_uint8(x[i:i + batch_size].to(device))).argmax(1).cpu())
+    labels = torch.zeros(len(x), dtype=torch.int64)  # read_ahead carries labels; predictions need none
+    for xb, _ in read_ahead(x, labels, spans_of(0, len(x), batch_size), device, workers):
+        out.append(model(convention.from_uint8(xb)).argmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
@@ -203,7 +206,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, input_convention: s
         shown = f"{cfg.data.name} test set"
     loaded = load_model(cfg, num_classes, in_channels, checkpoint, test.image_shape)
     conv = convention_for(input_convention, trained)
-    pred = predict(loaded.model.to(device), test.x, conv, device, cfg.train.eval_batch_size)
+    pred = predict(loaded.model.to(device), test.x, conv, device, cfg.train.eval_batch_size, cfg.data.loader_workers)
     result = {
         "checkpoint": str(checkpoint),
         "role": loaded.role,

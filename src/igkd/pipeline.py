@@ -393,7 +393,7 @@ def store_path(cfg: Config, identity: StoreIdentity) -> Path:
 def ig_options(cfg: Config, device: torch.device) -> IGOptions:
     ig = cfg.ig
     return IGOptions(dtype=ig.dtype, chunk_size=ig.chunk_size, batch_size=ig.batch_size, fold_bn=ig.fold_bn,
-                     channels_last=ig.channels_last, device=str(device))
+                     channels_last=ig.channels_last, device=str(device), loader_workers=cfg.data.loader_workers)
 
 
 def precompute(cfg: Config, rank: int | None = None, world_size: int | None = None,

@@ -16,6 +16,7 @@ from ..deploy.bench import BenchSettings, Candidate, bench_models
 from ..deploy.export import check_parity, model_metadata, onnx_parity
 from ..deploy.export import export_onnx as _export_onnx
 from ..deploy.timing import TimingOptions
+from ..errors import ConfigError
 from ..evaluate import classification_metrics, predict
 from ..utils import resolve_device
 from .data import Normalize, convention_of, dataset_from
@@ -24,7 +25,7 @@ __all__ = ["bench", "evaluate", "export_onnx"]
 
 
 def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None = None, batch_size: int = 256,
-             device: str | torch.device | None = None, streaming: bool = False) -> dict:
+             device: str | torch.device | None = None, streaming: bool = False, loader_workers: int = 0) -> dict:
     """Accuracy, balanced accuracy, Cohen's kappa, per-class accuracy and confusion matrix of ``model``
     on ``dataset`` (what ``igkd evaluate`` reports; scikit-learn's metrics).
 
@@ -35,19 +36,25 @@ def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None 
         normalize: the ``(mean, std)`` the model takes; None: pixels in [0, 1] as they are.
         batch_size: images per forward pass.
         device: where to run (None: the model's).
-        streaming: read the dataset a batch at a time instead of holding it in memory (the same numbers).
+        streaming: read the dataset a batch at a time instead of holding it in memory (the same numbers),
+            ahead of the model.
+        loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the batches;
+            0: one background thread. The same numbers either way.
 
     Returns:
         ``{"images", "accuracy", "balanced_accuracy", "cohen_kappa", "per_class_accuracy",
         "confusion_matrix", "classes"}``, accuracies in percent.
     """
+    if loader_workers < 0:
+        raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
     ds = dataset_from(dataset, "dataset", streaming)
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                              torch.device("cpu"))
     was_training = model.training
     try:
-        pred = predict(model.to(dev), ds.x, convention_of(normalize, ds.image_shape[0]), dev, batch_size)
+        pred = predict(model.to(dev), ds.x, convention_of(normalize, ds.image_shape[0]), dev, batch_size,
+                       loader_workers)
     finally:
         model.train(was_training)
     return classification_metrics(ds.y.numpy(), pred, list(ds.classes))

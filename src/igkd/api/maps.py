@@ -23,7 +23,7 @@ from ..attribution import (
     precompute_ig,
 )
 from ..data.augment import blend, draw_overlay, normalize_maps
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import state_dict_hash
 from ..utils import resolve_device
 from .data import Normalize, convention_of, dataset_from
@@ -36,7 +36,7 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
                  *, normalize: Normalize | None = None, method: str = "gausslegendre",
                  baseline: str = "zeros-normalized", dtype: str = "float16", chunk_size: int | None = None,
                  batch_size: int | None = None, layer: str | None = None, name: str = "dataset",
-                 progress: bool | None = None, streaming: bool = False) -> MapStore:
+                 progress: bool | None = None, streaming: bool = False, loader_workers: int = 0) -> MapStore:
     """The teacher's attribution map of every image of ``dataset``, in a map store at ``store``.
 
     The store is the one ``igkd precompute-ig`` writes (same format, identity and checks): map ``i`` is
@@ -66,21 +66,27 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
         name: the dataset's name, recorded in the store.
         progress: show a progress bar (None: when the output is a terminal).
         streaming: read the dataset a chunk at a time instead of holding it in memory (for data larger
-            than memory): the same maps. Its fingerprint is then one more pass over the images, before the
-            first chunk.
+            than memory): the same maps. Its fingerprint and the teacher's check are then two more passes
+            over the images, before the first chunk; each pass is read ahead of its computation.
+        loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the images
+            for those passes; 0: one background thread. The same maps either way.
 
     Returns:
         The finished, verified store (``store.get(positions)``, ``len(store)``, ``store.meta``).
     """
+    if loader_workers < 0:
+        raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
     ds = dataset_from(dataset, name, streaming)
     convention = convention_of(normalize, ds.image_shape[0])
     if source == "gradcam" and layer is None:
         layer = default_gradcam_layer(teacher)
     attribution = AttributionSource.of(source, layer=layer)
+    ds.fingerprint(loader_workers)  # read once, by the workers; the identity takes it from here
     identity = StoreIdentity.of(ds, state_dict_hash(teacher), convention, n_steps=n_steps, method=method,
                                 baseline=baseline, attribution=attribution)
     dev = resolve_device(device or "auto")
-    options = IGOptions(dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, device=str(dev))
+    options = IGOptions(dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, device=str(dev),
+                        loader_workers=loader_workers)
     result = precompute_ig(teacher, ds, store, identity, options, rank=0, world_size=1, progress=progress)
     return result.store
 

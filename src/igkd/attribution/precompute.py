@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
+from ..data.sources import read_ahead, spans_of
 from ..distributed import resolve_rank
 from ..errors import ConfigError, NumericalError, StaleStoreError, warn_once
 from ..locks import FileLock
@@ -74,6 +76,9 @@ class IGOptions:
 
     ``autocast`` (CUDA only) trades precision for speed and is recorded in the store.
     ``tune_allocator`` applies :func:`tune_cpu_allocator` on CPU (speed only; results unchanged).
+    ``loader_workers``: images not held in memory are read ahead of the computation by a background
+    thread (0), or by that many DataLoader processes (a user's dataset that decodes as it is read); the
+    same maps, and not recorded in the store.
     """
 
     dtype: str | None = None
@@ -86,6 +91,7 @@ class IGOptions:
     autocast: bool = False
     max_memory_mb: float | None = None
     tune_allocator: bool = True
+    loader_workers: int = 0
 
 
 @dataclass
@@ -244,7 +250,8 @@ def precompute_ig(
     compute = _compute_settings(prepared, (c_, h, w), device, o)
     if identity.attribution.name == "gradcam":  # a layer without a feature map is refused before any work
         check_gradcam_layer(prepared.module, identity.attribution.layer, (c_, h, w))
-    teacher_check = check_teacher(prepared.module, dataset, identity.convention, compute["batch_size"])
+    teacher_check = check_teacher(prepared.module, dataset, identity.convention, compute["batch_size"],
+                                  o.loader_workers)
     if random_weights:
         teacher_check["random_weights"] = True
     for problem in explanation_problems({"teacher_check": teacher_check}):  # said before the long part
@@ -282,22 +289,30 @@ def precompute_ig(
         s, e = writer.bounds(c)
         return e - s
 
+    def batch_spans(c: int) -> list[tuple[int, int]]:
+        return spans_of(*writer.bounds(c), compute["batch_size"])
+
+    # Every batch this call computes, read ahead of the computation (for images that are not in memory).
+    reads = read_ahead(dataset.x, dataset.y, [span for c in todo for span in batch_spans(c)], device,
+                       o.loader_workers)
+
     desc = f"{'IG' if identity.attribution.is_ig else identity.attribution.name} maps"
     desc += "" if world_size == 1 else f" rank {rank}/{world_size}"
     bar = progress_bar(total=sum(size(c) for c in mine), initial=sum(size(c) for c in result.skipped),
                        unit="img", desc=desc, smoothing=0.1, enabled=progress)
     # One process per rank: a second one (same rank, same store) is refused; a killed one's lock is taken over.
     lock = FileLock(path, f"IG store (rank {rank} of {world_size})", name=f".igkd.lock.rank{rank}-of-{world_size}")
-    with lock, bar:
+    with lock, bar, closing(reads):
         for c in todo:
             if writer.is_recorded(c):  # done meanwhile by another process (resume overlap)
+                for _ in batch_spans(c):
+                    next(reads)
                 result.skipped.append(c)
                 bar.update(size(c))
                 continue
             t0 = time.perf_counter()
-            s, e = writer.bounds(c)
-            maps, stats, scales, constant = _compute_chunk(prepared, dataset, identity, s, e, base, compute, o,
-                                                           bar)
+            maps, stats, scales, constant = _compute_chunk(prepared, dataset, identity, batch_spans(c), reads, base,
+                                                           compute, o, bar)
             writer.write_chunk(c, maps, {"rank": rank, "world_size": world_size, "delta": stats, "scales": scales,
                                          "constant": constant,
                                          "seconds": round(time.perf_counter() - t0, 3), "compute": compute,
@@ -317,26 +332,28 @@ def precompute_ig(
 
 @torch.no_grad()
 def check_teacher(module: nn.Module, dataset: ImageDataset, convention: InputConvention,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, workers: int = 0) -> dict[str, Any]:
     """The teacher's accuracy (%) on the images it is to explain, against always answering the most
-    frequent class; ``at_chance`` when it is not clearly above that (by 2 points and 3 standard errors)."""
+    frequent class; ``at_chance`` when it is not clearly above that (by 2 points and 3 standard errors).
+    Images not in memory are read ahead (:func:`~igkd.data.sources.read_ahead`, ``workers`` processes)."""
     device = next(module.parameters()).device
     correct = 0
-    for a in range(0, len(dataset), batch_size):
-        x = convention.from_uint8(dataset.x[a:a + batch_size].to(device))
-        correct += int((module(x).argmax(1).cpu() == dataset.y[a:a + batch_size]).sum())
+    for xb, yb in read_ahead(dataset.x, dataset.y, spans_of(0, len(dataset), batch_size), device, workers):
+        correct += int((module(convention.from_uint8(xb)).argmax(1) == yb).sum())
     n = len(dataset)
     majority = float(torch.bincount(dataset.y).max()) / n
     margin = max(0.02, 3 * math.sqrt(majority * (1 - majority) / n))
     return {"accuracy": 100.0 * correct / n, "majority": 100.0 * majority, "at_chance": correct / n <= majority + margin}
 
 
-def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: StoreIdentity, s: int, e: int,
-                   base: torch.Tensor, compute: dict[str, Any], o: IGOptions,
+def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: StoreIdentity,
+                   spans: list[tuple[int, int]], reads, base: torch.Tensor, compute: dict[str, Any], o: IGOptions,
                    bar) -> tuple[np.ndarray, dict[str, Any], list[float], list[int]]:
-    """Maps of positions s..e-1, each divided by its maximum, their convergence deltas, the maxima, and the
-    positions whose map is constant (one value at every pixel)."""
-    device, n_steps, np_dtype = base.device, identity.n_steps, DTYPES[o.dtype]
+    """Maps of a chunk's positions (its batches' ``spans``, whose images and labels ``reads`` gives in
+    order), each divided by its maximum, their convergence deltas, the maxima, and the positions whose
+    map is constant (one value at every pixel)."""
+    n_steps, np_dtype = identity.n_steps, DTYPES[o.dtype]
+    s, e = spans[0][0], spans[-1][1]
     out = np.empty((e - s, *dataset.image_shape[1:]), dtype=np_dtype)
     abs_d, scaled, scales, constant = [], [], [], []
     seen = flushed = 0
@@ -347,10 +364,9 @@ def _compute_chunk(prepared: PreparedModel, dataset: ImageDataset, identity: Sto
         seen += samples
         bar.update(seen // n_steps - before)
 
-    for a in range(s, e, compute["batch_size"]):
-        b = min(e, a + compute["batch_size"])
-        x = identity.convention.from_uint8(dataset.x[a:b].to(device))
-        y = dataset.y[a:b].to(device)
+    for a, b in spans:
+        xb, y = next(reads)
+        x = identity.convention.from_uint8(xb)
         if identity.attribution.is_ig:
             res = integrated_gradients_detailed(prepared, x, y, base, n_steps, identity.method,
                                                 compute["internal_batch_size"], True, autocast=o.autocast,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .sources import read_ahead, spans_of
+
 
 @dataclass
 class ImageDataset:
@@ -72,27 +74,15 @@ class ImageDataset:
 
     def fingerprint(self, workers: int = 0) -> str:
         """sha256 over shapes, images, labels and indices (cached), read in chunks: the same digest
-        whether the images are in memory or on disk. ``workers`` > 0 reads the chunks of images that are
-        not in memory in that many DataLoader worker processes, in order (for a user's dataset that
-        decodes as it is read): the same digest."""
+        whether the images are in memory or on disk. Images not in memory are read ahead of the hashing
+        (:func:`~igkd.data.sources.read_ahead`), by ``workers`` DataLoader processes when > 0 (for a user's
+        dataset that decodes as it is read): the same digest."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(str(tuple(self.x.shape)).encode())
-            for chunk in self._chunks(4096, workers):
+            for chunk, _ in read_ahead(self.x, self.y, spans_of(0, len(self), 4096), torch.device("cpu"), workers):
                 h.update(chunk.contiguous().numpy())
             for t in (self.y, self.index):
                 h.update(t.contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
-
-    def _chunks(self, size: int, workers: int):
-        """The images ``size`` at a time, in order: slices in memory, else read (by ``workers`` processes)."""
-        spans = [(a, min(a + size, len(self))) for a in range(0, len(self), size)]
-        if not (self.on_disk and workers > 0):
-            yield from (self.x[a:b] for a, b in spans)
-            return
-        from .sources import StreamedSource
-
-        source = StreamedSource(self.x, self.y, None, torch.device("cpu"), workers=workers)
-        for batch in source.batches(torch.arange(len(self)), spans):
-            yield batch.x

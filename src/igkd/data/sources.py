@@ -227,13 +227,27 @@ class DatasetRows:
         return torch.stack([self._image(int(i)) for i in rows])
 
 
-def eval_batches(x: Any, y: torch.Tensor, lo: int, hi: int, batch_size: int,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Positions ``lo..hi-1`` in batches on ``device``: slices of a tensor, or read ahead from disk."""
-    spans = [(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
+def read_ahead(x: Any, y: torch.Tensor, spans: Sequence[tuple[int, int]], device: torch.device,
+               workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``x[a:b]`` and ``y[a:b]`` on ``device`` for each span ``(a, b)``, in order: slices of a tensor already
+    there; else read ahead of the caller (a :class:`StreamedSource`: a background thread, or ``workers``
+    DataLoader processes for images that are not a tensor, such as a user's dataset that decodes as it is
+    read). The same bytes either way."""
     if isinstance(x, torch.Tensor) and x.device == device:
         for a, b in spans:
             yield x[a:b], y[a:b].to(device)
         return
-    for batch in StreamedSource(x, y, None, device).batches(torch.arange(len(y)), spans):
+    source = StreamedSource(x, y, None, device, workers=0 if isinstance(x, torch.Tensor) else workers)
+    for batch in source.batches(torch.arange(len(y)), spans):
         yield batch.x, batch.y
+
+
+def spans_of(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """Positions ``lo..hi-1`` as consecutive spans of at most ``size``."""
+    return [(i, min(i + size, hi)) for i in range(lo, hi, size)]
+
+
+def eval_batches(x: Any, y: torch.Tensor, lo: int, hi: int, batch_size: int, device: torch.device,
+                 workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Positions ``lo..hi-1`` in batches on ``device``: slices of a tensor, or read ahead (:func:`read_ahead`)."""
+    return read_ahead(x, y, spans_of(lo, hi, batch_size), device, workers)
