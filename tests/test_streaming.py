@@ -309,7 +309,7 @@ class _ReadLog(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         (self.log / str(os.getpid())).touch()
-        return self.x[i], 0
+        return self.x[i], i % 3
 
 
 def test_a_streamed_fingerprint_read_by_worker_processes_is_the_in_memory_one(tmp_path):
@@ -330,3 +330,36 @@ def test_a_streamed_fingerprint_read_by_worker_processes_is_the_in_memory_one(tm
     assert streamed.fingerprint(workers=2) == in_memory
     assert {p.name for p in log.iterdir()} - {str(os.getpid())}, "no worker process read the images"
     assert streamed_dataset_from(data).subset(torch.arange(4100)).fingerprint() == in_memory
+
+
+def test_a_streamed_datasets_labels_pass_runs_in_worker_processes_and_names_a_bad_item(tmp_path):
+    """Without ``targets``, a streamed dataset's labels come from one pass over its items: in the loader's
+    processes when it has some (the same labels), and an item that is not (image, label) is named."""
+    from igkd.api.data import image_dataset_from, streamed_dataset_from
+
+    x = torch.zeros((600, 1, 2, 2), dtype=torch.uint8)
+    log = tmp_path / "pids"
+    log.mkdir()
+    data = _ReadLog(x, log)
+    one = streamed_dataset_from(data)
+    for p in log.iterdir():
+        p.unlink()
+    two = streamed_dataset_from(data, workers=2)
+    assert torch.equal(one.y, two.y) and torch.equal(two.y, torch.arange(600) % 3)
+    assert {p.name for p in log.iterdir()} - {str(os.getpid())}, "no worker process read the labels"
+
+    class Bad(_ReadLog):
+        def __getitem__(self, i: int):
+            return (self.x[i],) if i == 517 else super().__getitem__(i)
+
+    for workers in (0, 2):
+        with pytest.raises(DataError, match=r"^dataset\[517\] must be \(image, label\) with an integer label, "
+                                            r"got tuple of 1$"):
+            streamed_dataset_from(Bad(x, log), workers=workers)
+
+    class Named(_ReadLog):  # a label that is a class name, not its index
+        def __getitem__(self, i: int):
+            return self.x[i], "shirt"
+
+    with pytest.raises(DataError, match=r"^dataset\[0\] must be .* got tuple of 2 whose label is str$"):
+        image_dataset_from(Named(x, log))

@@ -44,6 +44,14 @@ def pixels_uint8(image, where: str) -> torch.Tensor:
     return q.to(torch.uint8)
 
 
+def _not_an_item(name: str, i: int, item) -> DataError:
+    """The one-line error for item ``i`` that is not ``(image, label)``."""
+    kind = type(item).__name__ + (f" of {len(item)}" if isinstance(item, (tuple, list)) else "")
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        kind += f" whose label is {type(item[1]).__name__}"
+    return DataError(f"{name}[{i}] must be (image, label) with an integer label, got {kind}")
+
+
 def image_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
     """Every ``(image, label)`` of ``dataset``, in order, as one in-memory uint8 :class:`ImageDataset`
     (position ``i`` is ``dataset[i]``). Classes: ``dataset.classes`` when it has them."""
@@ -56,11 +64,11 @@ def image_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
     xs, ys = [], []
     for i in range(n):
         item = dataset[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise DataError(f"{name}[{i}] must be (image, label), got {type(item).__name__}"
-                            f"{' of ' + str(len(item)) if isinstance(item, (tuple, list)) else ''}")
+        label = _label_of(item)
+        if label is None:
+            raise _not_an_item(name, i, item)
         xs.append(pixels_uint8(item[0], f"{name}[{i}]"))
-        ys.append(int(item[1]))
+        ys.append(label)
     if not xs:
         raise DataError(f"{name} is empty")
     shapes = {tuple(x.shape) for x in xs}
@@ -85,32 +93,57 @@ class _Pixels:
         return pixels_uint8(item[0], self.name)
 
 
-def _labels(dataset: Dataset, name: str) -> torch.Tensor:
+def _label_of(item) -> int | None:
+    """An item's label, or None when the item is not ``(image, label)`` with an integer label."""
+    try:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return int(item[1])
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _labels_of(items: list) -> list[int | None]:  # a DataLoader's collate_fn: only the labels travel back
+    return [_label_of(item) for item in items]
+
+
+def _labels(dataset: Dataset, name: str, workers: int = 0) -> torch.Tensor:
     """Every label of ``dataset``: its ``targets`` (torchvision's datasets keep them) when it has them, else
-    one pass over its items (each image is read once, none kept)."""
+    one pass over its items (each image is read once, none kept), in ``workers`` DataLoader processes when
+    > 0 (a dataset that decodes as it is read)."""
     targets = getattr(dataset, "targets", None)
     if targets is not None and len(targets) == len(dataset):
         return torch.as_tensor(targets, dtype=torch.int64)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=_labels_of)
+        labels = [label for batch in loader for label in batch]
+    else:
+        labels = [_label_of(dataset[i]) for i in range(len(dataset))]
+    if None in labels:
+        i = labels.index(None)
+        raise _not_an_item(name, i, dataset[i])
+    return torch.tensor(labels, dtype=torch.int64)
 
 
-def streamed_dataset_from(dataset: Dataset, name: str = "dataset") -> ImageDataset:
+def streamed_dataset_from(dataset: Dataset, name: str = "dataset", workers: int = 0) -> ImageDataset:
     """The ``(image, label)`` items of ``dataset`` as an :class:`ImageDataset` whose images are read by
     position a batch at a time (:class:`~igkd.data.sources.DatasetRows`), never held whole: the same
-    pixels, positions and labels as :func:`image_dataset_from` gives in memory."""
+    pixels, positions and labels as :func:`image_dataset_from` gives in memory. ``workers``: DataLoader
+    processes for the labels' pass, when the dataset has no ``targets``."""
     if not hasattr(dataset, "__len__") or not len(dataset):
         raise DataError(f"{name}: a non-empty map-style Dataset (with __len__ and __getitem__) is needed")
-    y = _labels(dataset, name)
+    y = _labels(dataset, name, workers)
     if int(y.min()) < 0:
         raise DataError(f"{name}: labels must be 0..K-1, got {int(y.min())}")
     classes = list(getattr(dataset, "classes", None) or [str(c) for c in range(int(y.max()) + 1)])
     return ImageDataset(name, _streamed_rows(dataset, name), y, classes)
 
 
-def dataset_from(dataset: Dataset, name: str = "dataset", streaming: bool = False) -> ImageDataset:
+def dataset_from(dataset: Dataset, name: str = "dataset", streaming: bool = False, workers: int = 0) -> ImageDataset:
     """The user's dataset as an :class:`ImageDataset`: held in memory (:func:`image_dataset_from`), or with
-    ``streaming`` read a batch at a time (:func:`streamed_dataset_from`); the same images either way."""
-    return (streamed_dataset_from if streaming else image_dataset_from)(dataset, name)
+    ``streaming`` read a batch at a time (:func:`streamed_dataset_from`, its labels' pass in ``workers``
+    processes); the same images either way."""
+    return streamed_dataset_from(dataset, name, workers) if streaming else image_dataset_from(dataset, name)
 
 
 def _streamed_rows(dataset: Dataset, name: str):
@@ -130,7 +163,8 @@ def convention_of(normalize: Normalize | None, channels: int) -> InputConvention
 
 
 def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test: Dataset | None = None,
-                                normalize: Normalize | None = None, streaming: bool = False) -> TrainingData:
+                                normalize: Normalize | None = None, streaming: bool = False,
+                                workers: int = 0) -> TrainingData:
     """The user's datasets as the training loop's data: the training images first, then the validation
     images (their positions are ``val_pos``), the test set apart; held in memory as uint8, or with
     ``streaming`` read a batch at a time from the datasets themselves (the training loop then streams them,
@@ -138,9 +172,9 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
 
     This is the one place where :func:`igkd.fit` turns map-style datasets into training data.
     ``normalize``: the ``(mean, std)`` the networks take (the teacher's, as it was trained); None feeds
-    pixels in [0, 1] as they are.
+    pixels in [0, 1] as they are. ``workers``: DataLoader processes for a streamed dataset's labels' pass.
     """
-    parts = [dataset_from(train, "train", streaming)] + ([dataset_from(val, "val", streaming)] if val is not None else [])
+    parts = [dataset_from(d, n, streaming, workers) for d, n in ((train, "train"), (val, "val")) if d is not None]
     tr = parts[0]
     shape = tr.image_shape
     for p in parts[1:]:
@@ -153,7 +187,7 @@ def training_data_from_datasets(train: Dataset, val: Dataset | None = None, test
          else torch.cat([p.x for p in parts]))
     whole = ImageDataset("train", x, torch.cat([p.y for p in parts]), classes)
     if test is not None:
-        te = dataset_from(test, "test", streaming)
+        te = dataset_from(test, "test", streaming, workers)
     else:
         te = ImageDataset("test", torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
                           classes)

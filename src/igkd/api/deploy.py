@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None 
     """
     if loader_workers < 0:
         raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
-    ds = dataset_from(dataset, "dataset", streaming)
+    ds = dataset_from(dataset, "dataset", streaming, loader_workers)
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                              torch.device("cpu"))

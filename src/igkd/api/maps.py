@@ -76,7 +76,7 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
     """
     if loader_workers < 0:
         raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
-    ds = dataset_from(dataset, name, streaming)
+    ds = dataset_from(dataset, name, streaming, loader_workers)
     convention = convention_of(normalize, ds.image_shape[0])
     if source == "gradcam" and layer is None:
         layer = default_gradcam_layer(teacher)

@@ -132,8 +132,8 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
             thread, instead of holding them in memory: for data larger than memory. The same run, bit for
             bit (the epoch plan does not depend on where the data lives). Labels are read once first: a
             dataset's ``targets`` when it has them, else one pass over its items; with a
-            :class:`MapStore`, its check against the training images reads them once more first (in the
-            ``loader_workers`` processes).
+            :class:`MapStore`, its check against the training images reads them once more first (both passes
+            in the ``loader_workers`` processes).
         loader_workers: with ``streaming``, DataLoader worker processes that read (and decode) the training
             batches ahead of the loop; 0: one background thread. The same run either way (config key
             ``data.loader_workers``).
@@ -163,7 +163,7 @@ def fit(distiller: Distiller, train: Dataset, val: Dataset | None = None, test: 
     })
     if distiller.spec.ig and maps is None:
         raise ConfigError(f"method {distiller.method} overlays maps: pass maps=igkd.compute_maps(teacher, train, ...)")
-    data = training_data_from_datasets(train, val, test, normalize, streaming=streaming)
+    data = training_data_from_datasets(train, val, test, normalize, streaming=streaming, workers=loader_workers)
     train_images = data.train.subset(data.train_pos)  # one subset: its fingerprint is taken once, for both uses
     overlay = _train_maps(maps, data, train_images, streaming, loader_workers) if distiller.spec.ig else None
     device = setup_device(cfg.train.device, cfg.train.threads, cfg.train.deterministic)
