@@ -103,6 +103,10 @@ def test_more_runs_of_some_methods_extend_the_study_and_their_comparisons(study,
     assert record["methods"] == ["student", "kd_ig", "kd_ig+unrelated_maps"] and record["runs"] == 3
     assert record["baseline"] == "student" and record["contrasts"] == [["kd_ig", "student"]]
     assert [p["runs"] for p in record["parts"]] == [2, 3]
+    assert main(["report", str(ext)]) == 0
+    report = (ext / "report.md").read_text()  # each method's own count, and the runs of both parts in all
+    assert "runs per method: student 3, kd_ig 3, kd_ig+unrelated_maps 2 (in 2 parts)" in report
+    assert "Finished runs: 8 of 8." in report
     loaded = load_study(ext)
     samples = comparison_samples(loaded, loaded.groups[0])
     n = {c["method"]: c["n_a"] for c in stats.compare_to_baseline(samples, "student", paired=True)}

@@ -147,13 +147,37 @@ def group_title(study: Study, group: str) -> str:
     return f"k = {group} removed blocks" + (f" (CF {cf:.2f})" if cf is not None else "")
 
 
+def planned_runs(meta: dict) -> tuple[dict[str, int], int | None]:
+    """Runs per method, and the runs the study plans in all: over the parts of an extended study (a part
+    adds runs of some methods, so methods may have different counts), else its methods x depths x runs."""
+    parts = meta.get("parts") or ([{"methods": meta["methods"], "runs": meta["runs"],
+                                    "remove_blocks": meta["remove_blocks"]}]
+                                  if meta.get("runs") and meta.get("methods") and meta.get("remove_blocks") else [])
+    per_method: dict[str, int] = {}
+    planned = set()
+    for part in parts:
+        for m in part["methods"]:
+            per_method[m] = max(per_method.get(m, 0), int(part["runs"]))
+            planned |= {(m, str(k), r) for k in part["remove_blocks"] for r in range(int(part["runs"]))}
+    return per_method, (len(planned) or None)
+
+
 def header_section(study: Study) -> Section:
     meta = study.meta
-    runs = meta.get("runs")
+    per_method, expected = planned_runs(meta)
+    counts = sorted(set(per_method.values()))
+    if len(counts) == 1:
+        runs = f"{counts[0]} runs per method"
+    elif counts:
+        runs = "runs per method: " + ", ".join(f"{m} {n}" for m, n in per_method.items())
+    else:
+        runs = "? runs per method"
+    if len(meta.get("parts") or []) > 1:
+        runs += f" (in {len(meta['parts'])} parts)"
     design = "paired (all methods share seeds and splits per run)" if study.paired else "unpaired"
     lines = [
         f"Dataset: {meta.get('dataset', 'unknown')}. Study kind: {meta.get('kind', 'unknown')}.",
-        f"Design: {design}; {runs if runs is not None else '?'} runs per method; "
+        f"Design: {design}; {runs}; "
         f"train fraction {meta.get('train_fraction', '?')}; "
         f"removed blocks k = {', '.join(study.groups)}.",
         f"Methods: {', '.join(study.methods)}; baseline for comparisons: {study.baseline}.",
@@ -161,8 +185,6 @@ def header_section(study: Study) -> Section:
     teacher = teacher_accuracy(study)
     if teacher is not None:
         lines.append(f"Teacher test accuracy: {fmt(teacher)} %.")
-    expected = (len(meta.get("methods", [])) * len(meta.get("remove_blocks", [])) * runs
-                if runs and meta.get("methods") and meta.get("remove_blocks") else None)
     done = f"{len(study.rows)} of {expected}" if expected else f"{len(study.rows)}"
     lines.append(f"Finished runs: {done}. Accuracies are test accuracies in percent.")
     return Section("Study", lines)
