@@ -34,6 +34,13 @@ fi
 $IGKD montecarlo -c "$BEST" --runs 10 --out "$OUT/converged" --workers 2 \
     --threads-per-run 1 --methods student,kd,kd_ig,kd_ig+noise_maps,kd_ig+gradcam_maps,kd_ig+saliency_maps \
     --contrasts kd_ig-kd,kd_ig-kd_ig+noise_maps,kd_ig-kd_ig+gradcam_maps,kd_ig-kd_ig+saliency_maps
+# Once studies/round2-extend.sh has extended the paper-recipe study (a second part in study.json), the igkd
+# pinned here (which predates study parts) refuses that folder: its first 50 runs are finished then, and
+# round2-extend.sh resumes the study.
+if "$REPO/.venv/bin/python" -c 'import json, sys; sys.exit(len(json.load(open(sys.argv[1])).get("parts", [])) < 2)' \
+        "$OUT/paper-recipe/study.json" 2>/dev/null; then
+    echo "paper-recipe: extended by studies/round2-extend.sh, which resumes it"; exit 0
+fi
 $IGKD montecarlo -c paper-recipe-fashion-mnist --set ig.cache_dir=$CACHE --runs 10 \
     --out "$OUT/paper-recipe" --workers 2 --threads-per-run 1 \
     --methods student,kd,kd_ig,kd_ig+noise_maps,kd_ig+random_teacher_maps \
