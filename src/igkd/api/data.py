@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from ..convention import InputConvention
 from ..data.image_dataset import ImageDataset
 from ..distill.trainer import TrainingData
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 Normalize = tuple[Sequence[float], Sequence[float]]
 
@@ -142,7 +142,9 @@ def streamed_dataset_from(dataset: Dataset, name: str = "dataset", workers: int 
 def dataset_from(dataset: Dataset, name: str = "dataset", streaming: bool = False, workers: int = 0) -> ImageDataset:
     """The user's dataset as an :class:`ImageDataset`: held in memory (:func:`image_dataset_from`), or with
     ``streaming`` read a batch at a time (:func:`streamed_dataset_from`, its labels' pass in ``workers``
-    processes); the same images either way."""
+    processes); the same images either way. ``workers`` is the public functions' ``loader_workers``."""
+    if workers < 0:
+        raise ConfigError(f"loader_workers must be >= 0, got {workers}")
     return streamed_dataset_from(dataset, name, workers) if streaming else image_dataset_from(dataset, name)
 
 

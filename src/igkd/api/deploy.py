@@ -16,7 +16,6 @@ from ..deploy.bench import BenchSettings, Candidate, bench_models
 from ..deploy.export import check_parity, model_metadata, onnx_parity
 from ..deploy.export import export_onnx as _export_onnx
 from ..deploy.timing import TimingOptions
-from ..errors import ConfigError
 from ..evaluate import classification_metrics, predict
 from ..utils import resolve_device
 from .data import Normalize, convention_of, dataset_from
@@ -45,8 +44,6 @@ def evaluate(model: nn.Module, dataset: Dataset, *, normalize: Normalize | None 
         ``{"images", "accuracy", "balanced_accuracy", "cohen_kappa", "per_class_accuracy",
         "confusion_matrix", "classes"}``, accuracies in percent.
     """
-    if loader_workers < 0:
-        raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
     ds = dataset_from(dataset, "dataset", streaming, loader_workers)
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else

@@ -23,7 +23,7 @@ from ..attribution import (
     precompute_ig,
 )
 from ..data.augment import blend, draw_overlay, normalize_maps
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models import state_dict_hash
 from ..utils import resolve_device
 from .data import Normalize, convention_of, dataset_from
@@ -74,8 +74,6 @@ def compute_maps(teacher: nn.Module, dataset: Dataset, store: str | os.PathLike,
     Returns:
         The finished, verified store (``store.get(positions)``, ``len(store)``, ``store.meta``).
     """
-    if loader_workers < 0:
-        raise ConfigError(f"loader_workers must be >= 0, got {loader_workers}")
     ds = dataset_from(dataset, name, streaming, loader_workers)
     convention = convention_of(normalize, ds.image_shape[0])
     if source == "gradcam" and layer is None:

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import stats
 from .report_render import Heading, Section, Table
-from .results import read_results, read_study
+from .results import read_results, read_study, study_parts
 
 TEXT_COLUMNS = {"study", "method", "remove_blocks", "run_dir"}
 
@@ -149,13 +149,10 @@ def group_title(study: Study, group: str) -> str:
 
 def planned_runs(meta: dict) -> tuple[dict[str, int], int | None]:
     """Runs per method, and the runs the study plans in all: over the parts of an extended study (a part
-    adds runs of some methods, so methods may have different counts), else its methods x depths x runs."""
-    parts = meta.get("parts") or ([{"methods": meta["methods"], "runs": meta["runs"],
-                                    "remove_blocks": meta["remove_blocks"]}]
-                                  if meta.get("runs") and meta.get("methods") and meta.get("remove_blocks") else [])
+    adds runs of some methods, so methods may have different counts)."""
     per_method: dict[str, int] = {}
     planned = set()
-    for part in parts:
+    for part in study_parts(meta):
         for m in part["methods"]:
             per_method[m] = max(per_method.get(m, 0), int(part["runs"]))
             planned |= {(m, str(k), r) for k in part["remove_blocks"] for r in range(int(part["runs"]))}
@@ -172,8 +169,9 @@ def header_section(study: Study) -> Section:
         runs = "runs per method: " + ", ".join(f"{m} {n}" for m, n in per_method.items())
     else:
         runs = "? runs per method"
-    if len(meta.get("parts") or []) > 1:
-        runs += f" (in {len(meta['parts'])} parts)"
+    parts = len(study_parts(meta))
+    if parts > 1:
+        runs += f" (in {parts} parts)"
     design = "paired (all methods share seeds and splits per run)" if study.paired else "unpaired"
     lines = [
         f"Dataset: {meta.get('dataset', 'unknown')}. Study kind: {meta.get('kind', 'unknown')}.",

@@ -30,6 +30,16 @@ def read_study(out: str | Path) -> dict:
     return read_checked_json(path, f"move {out} aside and run the study again") if path.is_file() else {}
 
 
+def study_parts(meta: dict) -> list[dict]:
+    """A study's parts (each command's ``methods``, ``runs`` and ``remove_blocks``): ``parts`` of its
+    ``study.json``; for a study.json of an older igkd, which has none, its one plan ([] when it names none)."""
+    if meta.get("parts"):
+        return list(meta["parts"])
+    if all(meta.get(key) for key in ("methods", "runs", "remove_blocks")):
+        return [{"methods": meta["methods"], "runs": meta["runs"], "remove_blocks": meta["remove_blocks"]}]
+    return []
+
+
 def value_text(value) -> str:
     """How a searched config value is written in ``trials.csv`` and shown in the report: a string as it
     is, anything else as JSON (``0.01``, ``2.0``, ``[2, 2, 2, 2, 1]``, ``null``)."""

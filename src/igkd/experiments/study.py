@@ -63,7 +63,7 @@ from ..pipeline import (
 from ..runs import RunDir
 from ..tracking import StudyTracker
 from ..utils import derive_seed
-from .results import read_results, read_study
+from .results import read_results, read_study, study_parts
 from .stats import DEFAULT_MARGIN
 
 # The paper's compression sweep: k = 3 .. 17 removed feature modules (CF 2.2 .. 1122).
@@ -418,8 +418,7 @@ def _claim(out: Path, cfg: Config, plan: StudyPlan) -> list[dict]:
         if not same_config or old.get("plan", {}).get("paired") != plan.paired \
                 or old.get("plan", {}).get("seed") != plan.seed or old.get("kind") != plan.kind:
             raise ConfigError(f"{out} holds another study (other config, design or seed): choose another --out")
-        parts = old.get("parts") or [{"methods": old["methods"], "runs": old["runs"],
-                                      "remove_blocks": old["remove_blocks"]}]  # a study.json of an older igkd
+        parts = study_parts(old)
         parts += [part] if part not in parts else []
         contrasts = [list(c) for c in old.get("contrasts") or []]
         record.update(
