@@ -194,7 +194,9 @@ def test_resume_after_a_kill_continues_the_trial_and_repeats_no_grid_point(share
 
     monkeypatch.setattr(study_module, "distill", real_distill)
     if storage:
-        time.sleep(1.5)  # the dead driver's heartbeat falls silent for the grace period
+        # the dead driver's heartbeat falls silent for the grace period (1 s) as the database's clock sees it:
+        # SQLite's now() has whole seconds, so a heartbeat at t.1 and a check at t+1.6 differ by only 1 s
+        time.sleep(2.5)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"continuing interrupted trials {kill - 1}" in printed
